@@ -1,0 +1,53 @@
+"""`lexico-chat` command line: a thin argparse layer over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from lexico_chat.errors import LexicoError
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lexico_chat import chat_cli, evals, train_cli
+
+    parser = argparse.ArgumentParser(prog="lexico-chat", description="Chat with a Lexico-compressed KV cache.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    chat_cli.add_arguments(parser)
+    parser.set_defaults(func=chat_cli.run)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    train_cli.register(commands)
+    eval_parser = commands.add_parser("eval", help="benchmarks and quality measurements")
+    evals.register_all(eval_parser.add_subparsers(dest="eval_command", metavar="EVAL", required=True))
+    return parser
+
+
+def emit(result: dict, as_json: bool) -> None:
+    """Print a command's result: one JSON object, or ``key: value`` lines."""
+    if as_json:
+        print(json.dumps(result))
+        return
+    for key, value in result.items():
+        print(f"{key}: {json.dumps(value) if isinstance(value, list | dict) else value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except LexicoError as err:
+        print(f"lexico-chat: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lexico-chat: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Finding the dictionary for a model: --dictionary PATH, then the package's dictionaries/, then the
+user cache folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lexico_chat.dictionary import LexicoDictionary, model_slug
+from lexico_chat.errors import LexicoError
+from lexico_chat.models import ModelDims
+
+__all__ = ["dictionary_filename", "find_dictionary", "search_folders", "user_dictionary_folder"]
+
+_PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+def dictionary_filename(model_id: str, atoms: int) -> str:
+    return f"{model_slug(model_id)}-N{atoms}.safetensors"
+
+
+def user_dictionary_folder() -> Path:
+    """``$LEXICO_CHAT_HOME/dictionaries``, else ``$XDG_CACHE_HOME/lexico-chat/dictionaries`` (~/.cache)."""
+    home = os.environ.get("LEXICO_CHAT_HOME")
+    if home:
+        return Path(home).expanduser() / "dictionaries"
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache).expanduser() / "lexico-chat" / "dictionaries"
+
+
+def search_folders() -> list[Path]:
+    """The package's shipped dictionaries (source tree or installed wheel), then the user folder."""
+    return [_PACKAGE_ROOT.parent / "dictionaries", _PACKAGE_ROOT / "_dictionaries", user_dictionary_folder()]
+
+
+def train_command(model_id: str, atoms: int, sparsity: int = 8) -> str:
+    out = user_dictionary_folder() / dictionary_filename(model_id, atoms)
+    return (
+        f"lexico-chat train-dictionary --model {model_id} --corpus FILE [FILE ...] "
+        f"--atoms {atoms} --sparsity {sparsity} --out {out}"
+    )
+
+
+def find_dictionary(model_id: str, dims: ModelDims, atoms: int, path: str | os.PathLike | None = None) -> LexicoDictionary:
+    """Load the dictionary for ``model_id`` with ``atoms`` atoms and check it against ``dims``.
+
+    Raises LexicoError with the exact train-dictionary command when none is found.
+    """
+    if path is not None:
+        candidates = [Path(path).expanduser()]
+        if not candidates[0].is_file():
+            raise LexicoError(f"dictionary file not found: {path}")
+    else:
+        name = dictionary_filename(model_id, atoms)
+        candidates = [folder / name for folder in search_folders() if (folder / name).is_file()]
+        if not candidates:
+            raise LexicoError(
+                f"no dictionary with {atoms} atoms for {model_id} (looked for {name} in "
+                f"{', '.join(str(f) for f in search_folders())}); train one with: {train_command(model_id, atoms)}"
+            )
+    dictionary = LexicoDictionary.load(candidates[0])
+    dictionary.check_model(model_id, dims.num_layers, dims.num_kv_heads, dims.head_dim, source=str(candidates[0]))
+    if path is None and dictionary.meta.atoms != atoms:
+        raise LexicoError(f"{candidates[0]} has {dictionary.meta.atoms} atoms, not the {atoms} asked for")
+    return dictionary
