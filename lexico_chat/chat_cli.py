@@ -1,21 +1,133 @@
-"""Default command: chat with the model (plain prompt loop until the engine and TUI land)."""
+"""Default command: the terminal UI, or a headless answer with --prompt."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 
+from lexico_chat.errors import LexicoError
 from lexico_chat.options import add_cache_options, add_dictionary_options, add_model_options
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "run", "session_options"]
+
+_CACHE_FLAGS = ("cache", "sparsity", "atoms", "buffer", "window")
+_DEFAULTS = {"cache": "lexico", "sparsity": 8, "atoms": 4096, "buffer": 128, "window": 32}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
     add_dictionary_options(parser)
     add_cache_options(parser)
-    parser.add_argument("--prompt", default=None, help="answer one prompt and exit (headless)")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--cache", choices=("lexico", "full"), help="KV cache kind (default lexico)")
+    parser.add_argument("--prompt", default=None, help="answer one prompt on stdout and exit (headless)")
+    parser.add_argument("--doc", default=None, help="UTF-8 document to ask about (with --prompt, or opened in the UI)")
+    parser.add_argument("--resume", default=None, help="continue a saved session file")
+    parser.add_argument("--save", default=None, help="save the session to this file after the reply")
+    parser.add_argument("--system", default=None, help="system prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print one JSON object with the reply and stats")
+    parser.set_defaults(**{flag: None for flag in _CACHE_FLAGS})  # filled from --resume's file, else defaults
+
+
+def session_options(args: argparse.Namespace):
+    """SessionOptions from flags; unset cache flags come from the --resume file, else the defaults."""
+    from lexico_chat.engine.options import SessionOptions
+
+    saved = {}
+    if args.resume:
+        from lexico_chat.engine.persist import read_session_file
+
+        saved = read_session_file(args.resume)[1]["settings"]
+    values = {}
+    for flag in _CACHE_FLAGS:
+        given = getattr(args, flag)
+        values[flag] = given if given is not None else (saved.get(flag) or _DEFAULTS[flag])
+    return SessionOptions(
+        model=args.model, device=args.device, dictionary=args.dictionary, system=args.system, **values
+    )
+
+
+def _sampling(args: argparse.Namespace):
+    from lexico_chat.engine.types import SamplingConfig
+
+    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.max_new_tokens < 1:
+        raise LexicoError(
+            f"need --temperature >= 0, 0 < --top-p <= 1, --max-new-tokens >= 1; got "
+            f"{args.temperature}, {args.top_p}, {args.max_new_tokens}"
+        )
+    return SamplingConfig(args.temperature, args.top_p, args.seed, args.max_new_tokens)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    if args.prompt is None:
+        if args.save or args.json:
+            raise LexicoError("--save and --json need --prompt (the UI saves with /save)")
+        return _run_tui(args)
+    from lexico_chat.engine import load_session
+
+    sampling = _sampling(args)
+    options = session_options(args)
+    if args.doc:
+        from lexico_chat.textfile import read_text
+
+        read_text(args.doc)  # a bad document fails before the model loads
+    session = load_session(options)
+    if args.resume:
+        session.resume(args.resume)
+    if args.doc:
+        stream = session.ask_document(args.doc, args.prompt, sampling)
+    else:
+        stream = session.send(args.prompt, sampling)
+    parts = []
+    for delta in stream:
+        parts.append(delta)
+        if not args.json:
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+    if not args.json:
+        sys.stdout.write("\n")
+    if args.save:
+        session.save(args.save)
+    if args.json:
+        print(json.dumps({"reply": "".join(parts), "stats": _json_stats(session.stats())}))
+    return 0
+
+
+def _json_stats(stats) -> dict:
+    keys = (
+        "kv_bytes",
+        "fp16_bytes",
+        "kv_fraction",
+        "tokens_compressed",
+        "tokens_buffer",
+        "prefill_tps",
+        "decode_tps",
+        "rss_bytes",
+        "gpu_used_bytes",
+        "gpu_total_bytes",
+    )
+    return {k: getattr(stats, k) for k in keys}
+
+
+def _run_tui(args: argparse.Namespace) -> int:
+    try:
+        from lexico_chat.tui.app import run_tui
+    except ImportError as err:
+        raise LexicoError(f"the terminal UI is unavailable ({err}); use --prompt") from None
+    from lexico_chat.engine import load_session
+
+    options = session_options(args)
+
+    def factory():
+        session = load_session(options)
+        if args.resume:
+            session.resume(args.resume)
+        return session
+
+    model = options.model or "SmolLM2-135M-Instruct"
+    detail = "full cache" if options.cache == "full" else f"Lexico s={options.sparsity} N={options.atoms}"
+    return run_tui(factory, doc=args.doc, sampling=_sampling(args), subtitle=f"{model} · {detail}")

@@ -111,7 +111,9 @@ class LexicoDictionary:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically as fp16 safetensors with the metadata as JSON."""
-        tensors = {name: getattr(self, name).detach().to("cpu", torch.float16).contiguous() for name in ("keys", "values")}
+        tensors = {
+            name: getattr(self, name).detach().to("cpu", torch.float16).contiguous() for name in ("keys", "values")
+        }
         return write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"lexico": self.meta.to_json()}))
 
     @classmethod
@@ -130,7 +132,9 @@ class LexicoDictionary:
         except Exception as err:  # noqa: BLE001 - any parse failure means the file is unusable
             raise LexicoError(f"{path} is not a valid lexico dictionary file ({type(err).__name__}: {err})") from None
         if meta.format_version != FORMAT_VERSION:
-            raise LexicoError(f"{path} has dictionary format {meta.format_version}; this version reads {FORMAT_VERSION}")
+            raise LexicoError(
+                f"{path} has dictionary format {meta.format_version}; this version reads {FORMAT_VERSION}"
+            )
         dictionary._check_atoms(path)
         return dictionary
 
@@ -147,8 +151,12 @@ class LexicoDictionary:
         """Raise LexicoError naming every figure that differs from the model's."""
         meta = self.meta
         wanted = {"model": model_slug(model_id), "layers": num_layers, "KV heads": num_kv_heads, "head_dim": head_dim}
-        have = {"model": model_slug(meta.model_id), "layers": meta.num_layers, "KV heads": meta.num_kv_heads,
-                "head_dim": meta.head_dim}
+        have = {
+            "model": model_slug(meta.model_id),
+            "layers": meta.num_layers,
+            "KV heads": meta.num_kv_heads,
+            "head_dim": meta.head_dim,
+        }
         bad = [f"{k} {have[k]} (model has {wanted[k]})" for k in wanted if have[k] != wanted[k]]
         if bad:
             where = f" {source}" if source else ""

@@ -34,14 +34,29 @@ def search_folders() -> list[Path]:
 
 
 def train_command(model_id: str, atoms: int, sparsity: int = 8) -> str:
+    """The exact command that trains the missing dictionary into the user folder."""
+    from lexico_chat.models import DEFAULT_MODEL_ID
+
     out = user_dictionary_folder() / dictionary_filename(model_id, atoms)
-    return (
-        f"lexico-chat train-dictionary --model {model_id} --corpus FILE [FILE ...] "
-        f"--atoms {atoms} --sparsity {sparsity} --out {out}"
-    )
+    model = "" if model_id == DEFAULT_MODEL_ID else f"--model {model_id} "
+    flags = f"--corpus FILE [FILE ...] --atoms {atoms} --sparsity {sparsity} --out {out}"
+    return f"lexico-chat train-dictionary {model}{flags}"
 
 
-def find_dictionary(model_id: str, dims: ModelDims, atoms: int, path: str | os.PathLike | None = None) -> LexicoDictionary:
+def training_estimate(dims: ModelDims, atoms: int, iters: int = 10, vectors: int = 100_000) -> str:
+    """Rough wall time of a default training run: OMP dominates, ~2·layers·iters·vectors encodings.
+
+    Reference rates measured with ``lexico-chat eval omp-speed``-style runs at s=8: about 30k vectors/s
+    on 2 CPU cores and 2M on a data-centre GPU at (m=64, N=4096), scaling with m·N.
+    """
+    work = 2 * dims.num_layers * iters * vectors * (dims.head_dim / 64) * (atoms / 4096)
+    cpu_min, gpu_min = work / 30_000 / 60, work / 2_000_000 / 60
+    return f"about {cpu_min:.0f} min on 2 CPU cores, {max(gpu_min, 1):.0f} min on a GPU, plus reading the corpus"
+
+
+def find_dictionary(
+    model_id: str, dims: ModelDims, atoms: int, path: str | os.PathLike | None = None
+) -> LexicoDictionary:
     """Load the dictionary for ``model_id`` with ``atoms`` atoms and check it against ``dims``.
 
     Raises LexicoError with the exact train-dictionary command when none is found.
@@ -56,7 +71,8 @@ def find_dictionary(model_id: str, dims: ModelDims, atoms: int, path: str | os.P
         if not candidates:
             raise LexicoError(
                 f"no dictionary with {atoms} atoms for {model_id} (looked for {name} in "
-                f"{', '.join(str(f) for f in search_folders())}); train one with: {train_command(model_id, atoms)}"
+                f"{', '.join(str(f) for f in search_folders())}); train one ({training_estimate(dims, atoms)}) with: "
+                f"{train_command(model_id, atoms)}"
             )
     dictionary = LexicoDictionary.load(candidates[0])
     dictionary.check_model(model_id, dims.num_layers, dims.num_kv_heads, dims.head_dim, source=str(candidates[0]))

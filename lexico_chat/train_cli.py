@@ -29,19 +29,24 @@ def register(commands) -> None:
 def run(args: argparse.Namespace) -> int:
     from lexico_chat.models import load_model
     from lexico_chat.progress import StageBar
-    from lexico_chat.training.corpus import read_corpus
+    from lexico_chat.textfile import read_corpus
     from lexico_chat.training.trainer import TrainConfig, train_dictionary
 
-    config = TrainConfig(atoms=args.atoms, sparsity=args.sparsity, iters=args.iters, max_vectors=args.max_vectors,
-                         max_tokens=args.max_tokens,
-                         update=args.update, seed=args.seed)
+    config = TrainConfig(
+        atoms=args.atoms,
+        sparsity=args.sparsity,
+        iters=args.iters,
+        max_vectors=args.max_vectors,
+        max_tokens=args.max_tokens,
+        update=args.update,
+        seed=args.seed,
+    )
     texts = read_corpus(args.corpus)
     loaded = load_model(args.model, device=args.device)
     bar = StageBar()
     start = time.perf_counter()
     note = "; ".join(str(c) for c in args.corpus)
-    dictionary = train_dictionary(loaded, texts, args.out, config, corpus_note=note, workdir=args.workdir,
-                                  progress=bar)
+    dictionary = train_dictionary(loaded, texts, args.out, config, corpus_note=note, workdir=args.workdir, progress=bar)
     bar.close()
     held = dictionary.meta.heldout
     print(f"wrote {args.out} in {time.perf_counter() - start:.0f} s")

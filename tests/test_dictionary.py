@@ -39,13 +39,15 @@ def test_corrupt_files_give_one_clear_error(tmp_path, damage):
     elif damage == "truncated":
         path.write_bytes(data[: len(data) // 2])
     elif damage == "not_unit":
-        save_file({"keys": (d.keys * 3).half(), "values": d.values.half()}, str(path),
-                  metadata={"lexico": d.meta.to_json()})
+        save_file(
+            {"keys": (d.keys * 3).half(), "values": d.values.half()}, str(path), metadata={"lexico": d.meta.to_json()}
+        )
     elif damage == "no_meta":
         save_file({"keys": d.keys.half(), "values": d.values.half()}, str(path))
     else:
-        save_file({"keys": d.keys[:1].half(), "values": d.values.half()}, str(path),
-                  metadata={"lexico": d.meta.to_json()})
+        save_file(
+            {"keys": d.keys[:1].half(), "values": d.values.half()}, str(path), metadata={"lexico": d.meta.to_json()}
+        )
     with pytest.raises(LexicoError) as err:
         LexicoDictionary.load(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)

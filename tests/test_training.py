@@ -22,8 +22,15 @@ class ByteTokenizer:
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    config = LlamaConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
     return LoadedModel(LlamaForCausalLM(config).eval(), ByteTokenizer(), "test/TinyLlama")
 
 
@@ -56,8 +63,9 @@ def test_adam_update_also_improves():
 
 
 def test_trainer_resumes_to_identical_result(tiny, tmp_path, monkeypatch):
-    config = TrainConfig(atoms=32, sparsity=4, iters=2, max_vectors=600, max_heldout=200, window=128,
-                         heldout_every=4, max_tokens=3000)
+    config = TrainConfig(
+        atoms=32, sparsity=4, iters=2, max_vectors=600, max_heldout=200, window=128, heldout_every=4, max_tokens=3000
+    )
     full = train_dictionary(tiny, TEXTS, tmp_path / "a.safetensors", config)
 
     real_fit = trainer._fit_layer
@@ -71,7 +79,10 @@ def test_trainer_resumes_to_identical_result(tiny, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train_dictionary(tiny, TEXTS, tmp_path / "b.safetensors", config)
     assert sorted(p.name for p in (tmp_path / "b.safetensors.work").iterdir()) == [
-        "config.json", "layer_000.safetensors", "vectors.safetensors"]
+        "config.json",
+        "layer_000.safetensors",
+        "vectors.safetensors",
+    ]
     assert not (tmp_path / "b.safetensors").exists()
     monkeypatch.setattr(trainer, "_fit_layer", real_fit)
     resumed = train_dictionary(tiny, TEXTS, tmp_path / "b.safetensors", config)
@@ -84,17 +95,25 @@ def test_trainer_resumes_to_identical_result(tiny, tmp_path, monkeypatch):
 
 
 def test_trainer_refuses_other_settings_in_workdir(tiny, tmp_path):
-    config = TrainConfig(atoms=32, sparsity=4, iters=1, max_vectors=600, max_heldout=200, window=128,
-                         heldout_every=4, max_tokens=3000)
+    config = TrainConfig(
+        atoms=32, sparsity=4, iters=1, max_vectors=600, max_heldout=200, window=128, heldout_every=4, max_tokens=3000
+    )
     train_dictionary(tiny, TEXTS, tmp_path / "a.safetensors", config)
-    other = TrainConfig(atoms=64, sparsity=4, iters=1, max_vectors=600, max_heldout=200, window=128,
-                        heldout_every=4, max_tokens=3000)
+    other = TrainConfig(
+        atoms=64, sparsity=4, iters=1, max_vectors=600, max_heldout=200, window=128, heldout_every=4, max_tokens=3000
+    )
     with pytest.raises(LexicoError, match="other settings \\(atoms\\)"):
         train_dictionary(tiny, TEXTS, tmp_path / "a.safetensors", other, workdir=tmp_path / "a.safetensors.work")
 
 
-@pytest.mark.parametrize("kwargs,match", [({"atoms": 1}, "--atoms"), ({"sparsity": 0}, "--sparsity"),
-                                          ({"atoms": 4096, "max_vectors": 100}, "--max-vectors")])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"atoms": 1}, "--atoms"),
+        ({"sparsity": 0}, "--sparsity"),
+        ({"atoms": 4096, "max_vectors": 100}, "--max-vectors"),
+    ],
+)
 def test_config_ranges(kwargs, match):
     with pytest.raises(LexicoError, match=match):
         TrainConfig(**kwargs)

@@ -44,12 +44,20 @@ def omp_speed(device: str = "cpu", vectors: int = 32768, shapes=SHAPES) -> dict:
         d = torch.randn(m, n, generator=gen)
         d = (d / d.norm(dim=0)).to(device)
         x = torch.randn(vectors, m, generator=gen).to(device)
-        results.append({
-            "m": m, "N": n, "s": s,
-            "vectors_per_s": _time(x, d, s, torch.bfloat16),
-            "vectors_per_s_fp32_select": _time(x, d, s, torch.float32),
-        })
-    name = torch.cuda.get_device_name(device) if str(device).startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
+        results.append(
+            {
+                "m": m,
+                "N": n,
+                "s": s,
+                "vectors_per_s": _time(x, d, s, torch.bfloat16),
+                "vectors_per_s_fp32_select": _time(x, d, s, torch.float32),
+            }
+        )
+    name = (
+        torch.cuda.get_device_name(device)
+        if str(device).startswith("cuda")
+        else f"cpu ({torch.get_num_threads()} threads)"
+    )
     return {"device": name, "results": results}
 
 

@@ -28,8 +28,9 @@ def register(subparsers) -> None:
 def reconstruction_error(model, tokenizer, text: str, dictionary, sparsity: int, max_tokens: int = 4096) -> dict:
     """Mean relative error of every layer's keys and values of ``text`` (first ``max_tokens`` tokens)."""
     if sparsity > min(dictionary.meta.head_dim, dictionary.meta.atoms):
-        raise LexicoError(f"--sparsity must be at most {min(dictionary.meta.head_dim, dictionary.meta.atoms)}, "
-                          f"got {sparsity}")
+        raise LexicoError(
+            f"--sparsity must be at most {min(dictionary.meta.head_dim, dictionary.meta.atoms)}, got {sparsity}"
+        )
     windows = token_windows(tokenizer, [text], 1024)
     picked, tokens = [], 0
     for w in windows:
@@ -40,13 +41,18 @@ def reconstruction_error(model, tokenizer, text: str, dictionary, sparsity: int,
     sums = None
     for ids in picked:
         per_layer = _window_kv(model, ids)
-        errs = [(relative_error(k, dk, sparsity).sum(), relative_error(v, dv, sparsity).sum(), k.shape[0])
-                for (k, v), (dk, dv) in zip(per_layer, zip(dictionary.keys, dictionary.values))]
+        errs = [
+            (relative_error(k, dk, sparsity).sum(), relative_error(v, dv, sparsity).sum(), k.shape[0])
+            for (k, v), (dk, dv) in zip(per_layer, zip(dictionary.keys, dictionary.values))
+        ]
         sums = errs if sums is None else [(a + c, b + e, n + f) for (a, b, n), (c, e, f) in zip(sums, errs)]
     per = [{"layer": i, "keys": float(k / n), "values": float(v / n)} for i, (k, v, n) in enumerate(sums)]
     return {
-        "atoms": dictionary.meta.atoms, "sparsity": sparsity, "tokens": tokens,
-        "keys": sum(p["keys"] for p in per) / len(per), "values": sum(p["values"] for p in per) / len(per),
+        "atoms": dictionary.meta.atoms,
+        "sparsity": sparsity,
+        "tokens": tokens,
+        "keys": sum(p["keys"] for p in per) / len(per),
+        "values": sum(p["values"] for p in per) / len(per),
         "per_layer": per,
     }
 
@@ -55,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from lexico_chat.cli import emit
     from lexico_chat.lookup import find_dictionary
     from lexico_chat.models import load_model
-    from lexico_chat.training.corpus import read_text
+    from lexico_chat.textfile import read_text
 
     text = read_text(args.text)
     loaded = load_model(args.model, device=args.device)

@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from lexico_chat.atomic import write_atomic
-from lexico_chat.dictionary import LexicoDictionary, DictionaryMeta
+from lexico_chat.dictionary import DictionaryMeta, LexicoDictionary
 from lexico_chat.errors import LexicoError
 from lexico_chat.models import LoadedModel
 from lexico_chat.training.collect import KVSample, collect_kv, token_windows
@@ -88,11 +88,16 @@ def train_dictionary(
     values = torch.stack([p[1] for p in per_layer])
     heldout = _summarise([p[2] for p in per_layer])
     meta = DictionaryMeta(
-        model_id=loaded.model_id, num_layers=dims.num_layers, num_kv_heads=dims.num_kv_heads,
-        head_dim=dims.head_dim, atoms=config.atoms, train_sparsity=config.sparsity,
+        model_id=loaded.model_id,
+        num_layers=dims.num_layers,
+        num_kv_heads=dims.num_kv_heads,
+        head_dim=dims.head_dim,
+        atoms=config.atoms,
+        train_sparsity=config.sparsity,
         corpus=f"{corpus_note} ({sample.tokens} tokens; {config.max_vectors} vectors/layer; config "
         f"{json.dumps(dataclasses.asdict(config))})".strip(),
-        seed=config.seed, heldout=heldout,
+        seed=config.seed,
+        heldout=heldout,
     )
     dictionary = LexicoDictionary(keys, values, meta)
     dictionary.save(out)
@@ -107,8 +112,10 @@ def _check_workdir(work: Path, config: TrainConfig, model_id: str) -> None:
         have = json.loads(path.read_text())
         if have != wanted:
             diff = sorted(k for k in wanted if have.get(k) != wanted[k])
-            raise LexicoError(f"work folder {work} belongs to a run with other settings ({', '.join(diff)}); "
-                              "remove it or pass another --workdir")
+            raise LexicoError(
+                f"work folder {work} belongs to a run with other settings ({', '.join(diff)}); "
+                "remove it or pass another --workdir"
+            )
         logger.info("resuming from %s", work)
         return
     write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(wanted, indent=1)))
@@ -131,13 +138,26 @@ def _load_or_collect(loaded: LoadedModel, texts, config: TrainConfig, work: Path
         if progress:
             progress("collect", done, total)
 
-    sample = collect_kv(loaded.model, windows, max_vectors=config.max_vectors, heldout_every=config.heldout_every,
-                        max_heldout=config.max_heldout, seed=config.seed, progress=step)
+    sample = collect_kv(
+        loaded.model,
+        windows,
+        max_vectors=config.max_vectors,
+        heldout_every=config.heldout_every,
+        max_heldout=config.max_heldout,
+        seed=config.seed,
+        progress=step,
+    )
     if sample.keys.shape[1] < config.atoms:
-        raise LexicoError(f"the corpus gave {sample.keys.shape[1]} vectors per layer, fewer than --atoms "
-                          f"{config.atoms}: give more text or fewer atoms")
-    tensors = {"keys": sample.keys, "values": sample.values,
-               "heldout_keys": sample.heldout_keys, "heldout_values": sample.heldout_values}
+        raise LexicoError(
+            f"the corpus gave {sample.keys.shape[1]} vectors per layer, fewer than --atoms "
+            f"{config.atoms}: give more text or fewer atoms"
+        )
+    tensors = {
+        "keys": sample.keys,
+        "values": sample.values,
+        "heldout_keys": sample.heldout_keys,
+        "heldout_values": sample.heldout_values,
+    }
     write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"tokens": str(sample.tokens)}))
     return sample
 
@@ -161,16 +181,19 @@ def _fit_layer(sample: KVSample, layer: int, config: TrainConfig, work: Path, pr
         with safe_open(str(path), framework="pt") as fh:
             return fh.get_tensor("keys"), fh.get_tensor("values"), json.loads(fh.metadata()["heldout"])
     fitted, errors = {}, {}
-    for kind, train, held in (("keys", sample.keys, sample.heldout_keys),
-                              ("values", sample.values, sample.heldout_values)):
+    for kind, train, held in (
+        ("keys", sample.keys, sample.heldout_keys),
+        ("values", sample.values, sample.heldout_values),
+    ):
         seed = config.seed * 1000 + layer * 2 + (kind == "values")
 
         def step(it: int, rre: float, kind=kind) -> None:
             if progress:
                 progress(f"layer {layer} {kind} rre {rre:.3f}", it + 1, config.iters)
 
-        d = fit_dictionary(train[layer], config.atoms, config.sparsity, iters=config.iters, seed=seed,
-                           update=config.update, step=step)
+        d = fit_dictionary(
+            train[layer], config.atoms, config.sparsity, iters=config.iters, seed=seed, update=config.update, step=step
+        )
         baseline = sampled_dictionary(train[layer], config.atoms, seed)
         fitted[kind] = d.contiguous()
         errors[kind] = _heldout_errors(held[layer], d)

@@ -1,4 +1,4 @@
-"""Reading training and evaluation text."""
+"""Reading user text files (documents, corpora, evaluation text) with one clear error per defect."""
 
 from __future__ import annotations
 

@@ -1,0 +1,25 @@
+"""The chat engine: ChatSession and its data types."""
+
+from __future__ import annotations
+
+from lexico_chat.engine.options import SessionOptions
+from lexico_chat.engine.types import ChatEngine, IngestProgress, Message, SamplingConfig, SessionStats
+
+__all__ = [
+    "ChatEngine",
+    "IngestProgress",
+    "Message",
+    "SamplingConfig",
+    "SessionOptions",
+    "SessionStats",
+    "load_session",
+]
+
+
+def load_session(options: SessionOptions):
+    """Load the model named in ``options`` and open a ChatSession on it (slow: loads weights)."""
+    from lexico_chat.engine.session import ChatSession
+    from lexico_chat.models import load_model
+
+    loaded = load_model(options.model, device=options.device)
+    return ChatSession(loaded, options)

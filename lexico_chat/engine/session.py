@@ -1,0 +1,214 @@
+"""``ChatSession``: one model, one cache that lives across turns, the transcript.
+
+Each turn renders the whole conversation with the chat template, checks that the text already in
+the cache is a prefix of it, and feeds only the new suffix (prefilled in chunks). Replies stream
+token by token; ``cancel()`` stops within one token and the partial reply stays.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+
+from lexico_chat.engine.options import SessionOptions
+from lexico_chat.engine.sampling import next_token
+from lexico_chat.engine.stats import session_stats
+from lexico_chat.engine.template import render, stop_token_ids
+from lexico_chat.engine.types import IngestProgress, Message, SamplingConfig, SessionStats
+from lexico_chat.errors import LexicoError
+from lexico_chat.models import LoadedModel
+from lexico_chat.textfile import read_text
+
+__all__ = ["ChatSession"]
+
+logger = logging.getLogger(__name__)
+
+
+class ChatSession:
+    """A conversation with a model whose KV cache is a LexicoCache (or a full cache for comparison).
+
+    Parameters
+    ----------
+    loaded : model, tokenizer and model id (``lexico_chat.models.load_model``).
+    options : cache and prompt settings.
+    dictionary : the LexicoDictionary to use; looked up from ``options`` when None (lexico cache only).
+    """
+
+    def __init__(self, loaded: LoadedModel, options: SessionOptions | None = None, dictionary=None) -> None:
+        from lexico_chat.engine.caches import make_cache, resolve_dictionary
+
+        self.loaded = loaded
+        self.options = options or SessionOptions()
+        self.dictionary = dictionary if dictionary is not None else resolve_dictionary(loaded, self.options)
+        self._make_cache = lambda: make_cache(loaded, self.options, self.dictionary)
+        self.max_positions = loaded.dims.max_positions
+        self.stop_ids = stop_token_ids(loaded.tokenizer, getattr(loaded.model, "generation_config", None))
+        self.transcript: list[Message] = []
+        if self.options.system:
+            self.transcript.append(Message("system", self.options.system))
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        self.last_prefill_tps = 0.0
+        self.last_decode_tps = 0.0
+        self.last_prefill_tokens = 0
+        self._reset_cache()
+
+    # ----- state -------------------------------------------------------------------------------
+    def _reset_cache(self) -> None:
+        self.cache = self._make_cache()
+        self.cached_ids: list[int] = []
+        self.cached_text = ""
+        self._logits: torch.Tensor | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.loaded.model.parameters()).device
+
+    def clear(self) -> None:
+        """Forget the conversation, keep the system prompt."""
+        self.transcript = [m for m in self.transcript if m.role == "system"]
+        self._reset_cache()
+
+    def set_system(self, text: str) -> None:
+        """Replace the system prompt and start a new conversation."""
+        self.transcript = [Message("system", text)] if text else []
+        self._reset_cache()
+
+    def cancel(self) -> None:
+        """Stop the reply in progress within one token."""
+        self._cancel.set()
+
+    # ----- turns -------------------------------------------------------------------------------
+    def send(self, text: str, sampling: SamplingConfig | None = None) -> Iterator[str]:
+        """Add a user message and stream the reply (text deltas)."""
+        if not text.strip():
+            raise LexicoError("the message is empty")
+        return self._turn(Message("user", text), sampling or SamplingConfig(), None)
+
+    def ask_document(
+        self,
+        path: str,
+        question: str,
+        sampling: SamplingConfig | None = None,
+        progress: Callable[[IngestProgress], None] | None = None,
+    ) -> Iterator[str]:
+        """Read a UTF-8 document, ask ``question`` about it, stream the reply."""
+        document = read_text(path)
+        question = question.strip() or "Summarise this document."
+        content = f"Here is a document:\n\n{document.strip()}\n\n{question}"
+        return self._turn(Message("user", content), sampling or SamplingConfig(), progress)
+
+    def _turn(self, message: Message, sampling: SamplingConfig, progress) -> Iterator[str]:
+        new_ids = self._new_tokens(self.transcript + [message])
+        self._check_budget(len(new_ids), sampling.max_new_tokens)
+        self.transcript.append(message)
+        return self._generate(new_ids, sampling, progress)
+
+    def _new_tokens(self, messages: list[Message]) -> list[int]:
+        """Token ids still to feed: the rendered conversation minus what the cache holds."""
+        text = render(self.loaded.tokenizer, messages)
+        if not text.startswith(self.cached_text):
+            logger.info("template output diverges from the cached text: rebuilding the cache")
+            self._reset_cache()
+        suffix = text[len(self.cached_text) :]
+        ids = self.loaded.tokenizer(
+            suffix,
+            add_special_tokens=not self.cached_ids and not text.startswith(self.loaded.tokenizer.bos_token or "\0"),
+        )["input_ids"]
+        self._pending_text = suffix
+        return list(ids)
+
+    def _check_budget(self, new: int, reply: int) -> None:
+        need = len(self.cached_ids) + new + reply
+        if need > self.max_positions:
+            raise LexicoError(
+                f"this needs {need} tokens ({len(self.cached_ids)} in the conversation, {new} new, {reply} for the "
+                f"reply) but the model's context is {self.max_positions} tokens; /clear or use a shorter document"
+            )
+
+    def _generate(self, new_ids: list[int], sampling: SamplingConfig, progress) -> Iterator[str]:
+        if not self._lock.acquire(blocking=False):
+            raise LexicoError("a reply is already being generated")
+        self._cancel.clear()
+        reply = Message("assistant", "")
+        try:
+            self._prefill(new_ids, self._pending_text, progress)
+            self.transcript.append(reply)
+            yield from self._decode(reply, sampling)
+        except BaseException:
+            if reply not in self.transcript:  # prefill failed: the cache may hold part of it
+                self.transcript.pop()
+                self._reset_cache()
+            raise
+        finally:
+            self._lock.release()
+
+    @torch.inference_mode()
+    def _prefill(self, ids: list[int], text: str, progress) -> None:
+        from lexico_chat.cache.prefill import prefill
+
+        if not ids:
+            return
+        start, done = time.perf_counter(), 0
+
+        def step(n: int) -> None:
+            nonlocal done
+            done += n
+            if progress:
+                elapsed = max(time.perf_counter() - start, 1e-9)
+                progress(IngestProgress(done, len(ids), done / elapsed))
+
+        tensor = torch.tensor([ids], dtype=torch.long, device=self.device)
+        self._logits = prefill(
+            self.loaded.model, tensor, self.cache, chunk_size=self.options.prefill_chunk, progress=step
+        )[0]
+        self.cached_ids.extend(ids)
+        self.cached_text += text
+        self.last_prefill_tokens = len(ids)
+        self.last_prefill_tps = len(ids) / max(time.perf_counter() - start, 1e-9)
+
+    @torch.inference_mode()
+    def _decode(self, reply: Message, sampling: SamplingConfig) -> Iterator[str]:
+        tokenizer, model = self.loaded.tokenizer, self.loaded.model
+        generator = torch.Generator().manual_seed(sampling.seed)
+        room = self.max_positions - len(self.cached_ids)
+        reply_start = len(self.cached_text)
+        generated: list[int] = []  # sampled tokens; all but possibly the last are in the cache
+        start = time.perf_counter()
+        for _ in range(min(sampling.max_new_tokens, room)):
+            if self._cancel.is_set():
+                break
+            token = int(next_token(self._logits, sampling, generator))
+            if token in self.stop_ids:
+                break
+            generated.append(token)
+            text = tokenizer.decode(generated, skip_special_tokens=True)
+            if not text.endswith("\ufffd") and len(text) > len(reply.content):  # hold back partial UTF-8
+                delta, reply.content = text[len(reply.content) :], text
+                yield delta
+            out = model(
+                input_ids=torch.tensor([[token]], device=self.device), past_key_values=self.cache, use_cache=True
+            )
+            self._logits = out.logits[0, -1]
+            self.cached_ids.append(token)
+            self.cached_text = self.cached_text[:reply_start] + tokenizer.decode(generated, skip_special_tokens=False)
+        self.last_decode_tps = len(generated) / max(time.perf_counter() - start, 1e-9)
+        reply.content = tokenizer.decode(generated, skip_special_tokens=True)
+
+    # ----- figures & files ---------------------------------------------------------------------
+    def stats(self) -> SessionStats:
+        return session_stats(self)
+
+    def save(self, path: str) -> str:
+        from lexico_chat.engine.persist import save_session
+
+        return str(save_session(self, path))
+
+    def resume(self, path: str) -> None:
+        from lexico_chat.engine.persist import load_session_state
+
+        load_session_state(self, path)

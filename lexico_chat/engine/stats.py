@@ -1,0 +1,52 @@
+"""Building SessionStats from the session's cache (bytes of the tensors held) and the process."""
+
+from __future__ import annotations
+
+import torch
+
+from lexico_chat.cache.memory import cache_memory
+from lexico_chat.engine.sysstats import gpu_memory, rss_bytes
+from lexico_chat.engine.types import LayerStats, SessionStats
+
+__all__ = ["session_stats"]
+
+
+def session_stats(session) -> SessionStats:
+    """Figures of ``session`` (a ChatSession) now."""
+    memory = cache_memory(session.cache.layers)
+    device = session.device
+    gpu_index = device.index or 0 if device.type == "cuda" else 0
+    used, total = gpu_memory(gpu_index)
+    allocated = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
+    kv = memory.compressed_bytes + memory.buffer_bytes
+    options = session.options
+    lexico = options.cache == "lexico"
+    layers = tuple(
+        LayerStats(m.layer, m.compressed_bytes, m.buffer_bytes, m.fp16_bytes, m.compressed_tokens, m.buffer_tokens)
+        for m in memory.layers
+    )
+    return SessionStats(
+        kv_bytes=kv,
+        compressed_bytes=memory.compressed_bytes,
+        buffer_bytes=memory.buffer_bytes,
+        fp16_bytes=memory.fp16_bytes,
+        kv_fraction=kv / memory.fp16_bytes if memory.fp16_bytes else 1.0,
+        tokens_compressed=memory.compressed_tokens,
+        tokens_buffer=memory.buffer_tokens if lexico else len(session.cached_ids),
+        context_tokens=len(session.cached_ids),
+        max_positions=session.max_positions,
+        prefill_tps=session.last_prefill_tps,
+        decode_tps=session.last_decode_tps,
+        rss_bytes=rss_bytes(),
+        gpu_used_bytes=used,
+        gpu_total_bytes=total,
+        torch_allocated_bytes=allocated,
+        dictionary_bytes=session.dictionary.nbytes if session.dictionary is not None else 0,
+        model_id=session.loaded.model_id,
+        device=str(device),
+        cache=options.cache,
+        sparsity=options.sparsity if lexico else None,
+        atoms=session.dictionary.meta.atoms if lexico else None,
+        layers=layers,
+        allocated_bytes=memory.allocated_bytes + memory.buffer_allocated_bytes,
+    )

@@ -1,0 +1,176 @@
+"""The chat TUI driven by Pilot against a fake engine: streaming, cancel, status bar, history, dialogs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+from textual.widgets.markdown import MarkdownFence
+
+from lexico_chat.tui.widgets.assistant_message import AssistantMessage
+from lexico_chat.tui.widgets.chat_view import ChatView
+from lexico_chat.tui.widgets.load_error_dialog import LoadErrorDialog
+from lexico_chat.tui.widgets.prompt_input import PromptInput
+from lexico_chat.tui.widgets.status_bar import StatusBar
+from lexico_chat.tui.widgets.user_message import UserMessage
+from tests.tui_fake import (
+    REPLY,
+    SIZE,
+    FakeEngine,
+    RecordingApp,
+    chat_turn,
+    fake_stats,
+    make_app,
+    missing_dictionary_factory,
+    pilot_test,
+    ready,
+    submit,
+    wait_for,
+)
+
+
+@pilot_test
+async def test_send_streams_markdown_reply() -> None:
+    engine = FakeEngine(hold=4)
+    app = make_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await submit(pilot, "hello there")
+        reply = app.query_one(AssistantMessage)
+        await wait_for(pilot, lambda: reply.source == "".join(REPLY[:4]))  # rendered while the model is held
+        assert not reply.finished and app.chat.replying
+        assert app.query_one(StatusBar).phase == "generating…"
+        engine.release.set()
+        await wait_for(pilot, lambda: reply.finished)
+        assert [m.text for m in app.query(UserMessage)] == ["hello there"]
+        assert reply.text == "".join(REPLY) and reply.source == reply.text
+        assert [fence.code for fence in reply.query(MarkdownFence)] == ["print('hi')"]  # fence intact
+        assert engine.calls == [("send", "hello there", None)]
+        assert app.query_one(StatusBar).phase == ""
+
+
+@pilot_test
+async def test_escape_cancels_and_keeps_partial_reply() -> None:
+    engine = FakeEngine(hold=3)
+    app = make_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await submit(pilot, "tell me")
+        reply = app.query_one(AssistantMessage)
+        await wait_for(pilot, lambda: reply.text == "".join(REPLY[:3]))
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: reply.finished)
+        assert "cancel" in engine.methods()
+        assert reply.text == "".join(REPLY[:3]) and reply.has_class("-cancelled")
+        reply2 = await chat_turn(pilot, "again")  # still usable
+        assert reply2.text == "".join(REPLY)
+
+
+@pilot_test
+async def test_status_bar_figures() -> None:
+    engine = FakeEngine(changing=True)
+    app = make_app(engine, stats_interval=0.05)
+    async with app.run_test(size=(200, 24)) as pilot:
+        await ready(pilot)
+        bar = app.query_one(StatusBar)
+        await wait_for(pilot, lambda: bar.stats is not None)
+        first = bar.stats.tokens_buffer
+        text = str(bar.render())
+        for figure in ("CPU RSS 812.0 MiB", "KV 1.0 MiB (fp16 8.0 MiB)", "12.5% of fp16", "8.0× smaller",
+                       "896 compressed + ", " buffer tok", "prefill 250.0 tok/s", "decode 13.5 tok/s",
+                       "SmolLM2-135M-Instruct · cpu · lexico s=8 N=4096"):  # fmt: skip
+            assert figure in text, (figure, text)
+        await wait_for(pilot, lambda: bar.stats.tokens_buffer > first)  # refreshed by the interval
+
+
+@pilot_test
+async def test_status_bar_gpu() -> None:
+    gpu = fake_stats(gpu_used_bytes=3 << 29, gpu_total_bytes=80 << 30, kv_fraction=0.2, cache="full", sparsity=None)
+    app = make_app(FakeEngine(stats_values=gpu))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        bar = app.query_one(StatusBar)
+        await wait_for(pilot, lambda: bar.stats is not None)
+        text = str(bar.render())
+        assert "GPU 1.5 GiB / 80.0 GiB" in text and "CPU" not in text
+        assert "20.0% of fp16 · 5.0× smaller" in text and "cpu · full N=4096" in text
+
+
+@pilot_test
+async def test_input_history_and_newline() -> None:
+    app = make_app(FakeEngine(delay=0))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await chat_turn(pilot, "first")
+        await chat_turn(pilot, "second\nline")
+        prompt = app.query_one(PromptInput)
+        await pilot.press(*"draft")
+        await pilot.press("up")
+        assert prompt.text == "second\nline"
+        await pilot.press("up")  # cursor is on the last line of a two-line entry: move up first
+        assert prompt.text == "second\nline" and prompt.cursor_location[0] == 0
+        await pilot.press("up")
+        assert prompt.text == "first"
+        await pilot.press("down", "down")
+        assert prompt.text == "draft"
+        prompt.load_text("")
+        await pilot.press("a", "ctrl+j", "b")
+        assert prompt.text == "a\nb" and len(app.query(UserMessage)) == 2  # ctrl+j did not send
+
+
+@pilot_test
+async def test_loading_indicator_until_engine_is_ready() -> None:
+    loaded, engine = threading.Event(), FakeEngine()
+    app = RecordingApp(lambda: loaded.wait(5) and engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert app.query_one(ChatView).loading and app.query_one(StatusBar).phase == "loading model…"
+        await submit(pilot, "too early")
+        await wait_for(pilot, lambda: app.errors())
+        assert "still loading" in app.errors()[0] and not engine.calls
+        loaded.set()
+        await ready(pilot)
+        assert not app.query_one(ChatView).loading
+        assert (await chat_turn(pilot, "now")).text == "".join(REPLY)
+
+
+@pilot_test
+async def test_chat_follows_the_bottom_unless_scrolled_up() -> None:
+    long_reply = tuple(f"line {i}\n\n" for i in range(40))
+    engine = FakeEngine(reply=long_reply, delay=0, hold=20)
+    app = make_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        chat = app.query_one(ChatView)
+        await submit(pilot, "count")
+        reply = app.query_one(AssistantMessage)
+        await wait_for(pilot, lambda: reply.source.count("line") == 20 and chat.max_scroll_y > 0)
+        await pilot.pause()
+        assert chat.scroll_y == chat.max_scroll_y  # following
+        chat.scroll_home(animate=False)  # the user scrolls up: stop following
+        engine.release.set()
+        await wait_for(pilot, lambda: reply.finished)
+        await pilot.pause()
+        assert chat.scroll_y == 0 < chat.max_scroll_y
+        engine.hold = None
+        await chat_turn(pilot, "again")  # sending jumps back to the bottom and follows again
+        await pilot.pause()
+        assert chat.scroll_y == chat.max_scroll_y
+
+
+@pilot_test
+async def test_missing_dictionary_dialog() -> None:
+    app = RecordingApp(missing_dictionary_factory())
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, LoadErrorDialog) and app.screen.query("#train-command"))
+        command = str(app.screen.query_one("#train-command").render())
+        assert command == "lexico-chat train-dictionary --model HuggingFaceTB/SmolLM2-135M-Instruct --atoms 4096"
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not app.is_running)
+    assert app.return_code == 2
+
+
+def test_tui_does_not_import_torch() -> None:
+    code = "import sys, lexico_chat.tui.app; sys.exit(int('torch' in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

@@ -1,0 +1,210 @@
+"""A fake ChatEngine for the TUI tests (canned replies with tiny delays, canned stats, a record of calls) and
+the Pilot helpers the TUI tests share."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+
+from lexico_chat.engine.types import IngestProgress, LayerStats, Message, SamplingConfig, SessionStats
+from lexico_chat.errors import LexicoError
+from lexico_chat.tui.app import LexicoApp
+from lexico_chat.tui.widgets.assistant_message import AssistantMessage
+from lexico_chat.tui.widgets.prompt_input import PromptInput
+
+REPLY = ("Hello", "! Here", " is", " code:\n\n", "```python\n", "print(", "'hi')\n", "```\n\n", "Done", ".")
+TRAIN_MESSAGE = (
+    "no dictionary for HuggingFaceTB/SmolLM2-135M-Instruct (atoms 4096); train one with: "
+    "lexico-chat train-dictionary --model HuggingFaceTB/SmolLM2-135M-Instruct --atoms 4096"
+)
+
+
+def layer_stats(layers: int = 4, compressed: int = 96, buffer: int = 32) -> tuple[LayerStats, ...]:
+    """``layers`` identical layers: 128 B per compressed token's K+V codes, 1 KiB per buffered token."""
+    return tuple(
+        LayerStats(i, compressed * 128, buffer * 1024, (compressed + buffer) * 1024, compressed, buffer)
+        for i in range(layers)
+    )
+
+
+def fake_stats(**changes) -> SessionStats:
+    """Canned figures: kv_fraction 0.125 (8.0× smaller), CPU (no GPU), SmolLM2, s=8, N=4096."""
+    base = SessionStats(
+        kv_bytes=1 << 20, compressed_bytes=3 << 18, buffer_bytes=1 << 18, fp16_bytes=8 << 20, kv_fraction=0.125,
+        tokens_compressed=896, tokens_buffer=128, context_tokens=1024, max_positions=8192, prefill_tps=250.0,
+        decode_tps=13.5, rss_bytes=812 << 20, gpu_used_bytes=None, gpu_total_bytes=None, torch_allocated_bytes=None,
+        dictionary_bytes=30 << 20, model_id="SmolLM2-135M-Instruct", device="cpu", cache="lexico", sparsity=8,
+        atoms=4096, layers=layer_stats(),
+    )  # fmt: skip
+    return replace(base, **changes)
+
+
+@dataclass
+class FakeEngine:
+    """Implements ``ChatEngine``. ``calls`` records (method, args); ``fail`` maps a method name to the
+    exception it raises (send/ask_document raise when iteration starts, like a generator would);
+    ``hold`` makes a reply wait after ``hold`` deltas until ``release`` is set (to look mid-stream)."""
+
+    reply: tuple[str, ...] = REPLY
+    delay: float = 0.005
+    stats_values: SessionStats = field(default_factory=fake_stats)
+    changing: bool = False  # tokens_buffer grows by one on each stats() call
+    fail: dict[str, Exception] = field(default_factory=dict)
+    hold: int | None = None
+    transcript: list[Message] = field(default_factory=list)
+    calls: list[tuple] = field(default_factory=list)
+    system: str = ""
+
+    def __post_init__(self) -> None:
+        self.cancelled = threading.Event()
+        self.release = threading.Event()
+        self.stats_calls = 0
+
+    def _check(self, method: str) -> None:
+        if method in self.fail:
+            raise self.fail[method]
+
+    def _stream(self, user: str) -> Iterator[str]:
+        self.transcript.append(Message("user", user))
+        self.cancelled.clear()
+        text = ""
+        for i, delta in enumerate(self.reply):
+            if i == self.hold:
+                self.release.wait(5)
+            if self.cancelled.is_set():
+                break
+            time.sleep(self.delay)
+            text += delta
+            yield delta
+        self.transcript.append(Message("assistant", text))
+
+    def send(self, text: str, sampling: SamplingConfig | None = None) -> Iterator[str]:
+        self.calls.append(("send", text, sampling))
+        self._check("send")
+        yield from self._stream(text)
+
+    def ask_document(
+        self,
+        path: str,
+        question: str,
+        sampling: SamplingConfig | None = None,
+        progress: Callable[[IngestProgress], None] | None = None,
+    ) -> Iterator[str]:
+        self.calls.append(("ask_document", path, question, sampling))
+        self._check("ask_document")
+        for done in (256, 512, 768, 1000):
+            time.sleep(self.delay)
+            if progress is not None:
+                progress(IngestProgress(done, 1000, 500.0))
+        yield from self._stream(question)
+
+    def cancel(self) -> None:
+        self.calls.append(("cancel",))
+        self.cancelled.set()
+        self.release.set()
+
+    def clear(self) -> None:
+        self.calls.append(("clear",))
+        self._check("clear")
+        self.transcript.clear()
+
+    def set_system(self, text: str) -> None:
+        self.calls.append(("set_system", text))
+        self._check("set_system")
+        self.system = text
+        self.transcript.clear()
+
+    def save(self, path: str) -> str:
+        self.calls.append(("save", path))
+        self._check("save")
+        return path
+
+    def resume(self, path: str) -> None:
+        self.calls.append(("resume", path))
+        self._check("resume")
+        self.transcript[:] = [Message("user", "What was saved?"), Message("assistant", "This **resumed** reply.")]
+
+    def stats(self) -> SessionStats:
+        self.stats_calls += 1
+        if not self.changing:
+            return self.stats_values
+        return replace(self.stats_values, tokens_buffer=self.stats_values.tokens_buffer + self.stats_calls)
+
+    def methods(self) -> list[str]:
+        """The names of the recorded calls, in order."""
+        return [call[0] for call in self.calls]
+
+
+def raising_factory(err: Exception) -> Callable[[], FakeEngine]:
+    def factory() -> FakeEngine:
+        raise err
+
+    return factory
+
+
+def missing_dictionary_factory() -> Callable[[], FakeEngine]:
+    return raising_factory(LexicoError(TRAIN_MESSAGE))
+
+
+# ---- Pilot helpers ------------------------------------------------------------------------------------------
+
+SIZE = (100, 32)
+
+
+def pilot_test(scenario):
+    """Run an async Pilot scenario in its own event loop (no pytest async plugin needed)."""
+
+    @functools.wraps(scenario)
+    def test(*args, **kwargs) -> None:
+        asyncio.run(scenario(*args, **kwargs))
+
+    return test
+
+
+class RecordingApp(LexicoApp):
+    """Keeps every notification as (severity, message)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.notes: list[tuple[str, str]] = []
+
+    def notify(self, message, *, severity="information", **kwargs) -> None:
+        self.notes.append((severity, str(message)))
+        super().notify(message, severity=severity, **kwargs)
+
+    def errors(self) -> list[str]:
+        return [message for severity, message in self.notes if severity == "error"]
+
+
+async def wait_for(pilot, condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await pilot.pause(0.01)
+
+
+def make_app(engine: FakeEngine, **kwargs) -> RecordingApp:
+    return RecordingApp(lambda: engine, **kwargs)
+
+
+async def submit(pilot, text: str) -> None:
+    prompt = pilot.app.query_one(PromptInput)
+    prompt.load_text(text)
+    await pilot.press("enter")
+
+
+async def chat_turn(pilot, text: str) -> AssistantMessage:
+    """Send ``text`` and wait for the reply to finish."""
+    await submit(pilot, text)
+    await wait_for(pilot, lambda: not pilot.app.chat.replying and pilot.app.query(AssistantMessage))
+    reply = pilot.app.query(AssistantMessage).last()
+    await wait_for(pilot, lambda: reply.finished)
+    return reply
+
+
+async def ready(pilot) -> None:
+    await wait_for(pilot, lambda: pilot.app.engine is not None)
