@@ -12,17 +12,26 @@ from lexico_chat.errors import LexicoError
 __all__ = ["main", "build_parser"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lexico_chat import chat_cli, evals, train_cli
 
-    parser = argparse.ArgumentParser(prog="lexico-chat", description="Chat with a Lexico-compressed KV cache.")
+    parser = _Parser(prog="lexico-chat", description="Chat with a Lexico-compressed KV cache.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     chat_cli.add_arguments(parser)
     parser.set_defaults(func=chat_cli.run)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     train_cli.register(commands)
     eval_parser = commands.add_parser("eval", help="benchmarks and quality measurements")
-    evals.register_all(eval_parser.add_subparsers(dest="eval_command", metavar="EVAL", required=True))
+    evals.register_all(
+        eval_parser.add_subparsers(dest="eval_command", metavar="EVAL", required=True, parser_class=_Parser)
+    )
     return parser
 
 
@@ -37,7 +46,10 @@ def emit(result: dict, as_json: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error already printed on one line
+        return int(done.code or 0)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return int(args.func(args) or 0)

@@ -19,6 +19,7 @@ def register(commands) -> None:
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--iters", type=positive_int, default=10, help="code/update alternations (default 10)")
     p.add_argument("--max-vectors", type=positive_int, default=100_000, help="training vectors per layer")
+    p.add_argument("--max-heldout", type=positive_int, default=8192, help="held-out vectors per layer (default 8192)")
     p.add_argument("--max-tokens", type=positive_int, default=150_000, help="corpus tokens read (default 150k)")
     p.add_argument("--update", choices=("mod", "adam"), default="mod", help="dictionary update (default mod)")
     p.add_argument("--workdir", default=None, help="checkpoint folder (default OUT.work); rerun to resume")
@@ -38,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
         iters=args.iters,
         max_vectors=args.max_vectors,
         max_tokens=args.max_tokens,
+        max_heldout=args.max_heldout,
         update=args.update,
         seed=args.seed,
     )

@@ -21,5 +21,9 @@ def load_session(options: SessionOptions):
     from lexico_chat.engine.session import ChatSession
     from lexico_chat.models import load_model
 
+    if options.cache == "lexico" and options.dictionary:
+        from lexico_chat.dictionary import LexicoDictionary
+
+        LexicoDictionary.load(options.dictionary)  # a bad file fails before the slow model load
     loaded = load_model(options.model, device=options.device)
     return ChatSession(loaded, options)

@@ -196,8 +196,8 @@ def _fit_layer(sample: KVSample, layer: int, config: TrainConfig, work: Path, pr
         )
         baseline = sampled_dictionary(train[layer], config.atoms, seed)
         fitted[kind] = d.contiguous()
-        errors[kind] = _heldout_errors(held[layer], d)
-        errors[f"sampled_{kind}"] = _heldout_errors(held[layer], baseline)
+        errors[kind] = _heldout_errors(held[layer][: config.max_heldout], d)
+        errors[f"sampled_{kind}"] = _heldout_errors(held[layer][: config.max_heldout], baseline)
     meta = {"heldout": json.dumps(errors)}
     write_atomic(path, lambda tmp: save_file(fitted, tmp, metadata=meta))
     logger.info("layer %d: held-out rre keys %s values %s", layer, errors["keys"], errors["values"])
