@@ -24,7 +24,7 @@ def omp(
     sparsity: int,
     *,
     tol: float = 0.0,
-    chunk: int = 512,
+    chunk: int | None = None,
     select_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse-code ``vectors`` over ``dictionary`` with OMP.
@@ -36,7 +36,8 @@ def omp(
     sparsity : number of atoms per vector, 1 <= sparsity <= min(m, N).
     tol : optional relative tolerance; a vector stops gaining atoms once
         ``||r|| <= tol * ||x||`` (its remaining slots get coefficient 0).
-    chunk : vectors encoded at once; working memory is O(chunk * (N + s * m)).
+    chunk : vectors encoded at once; working memory is O(chunk * (N + s * m)). Default: 512 on CPU
+        (cache-sized), 16384 on GPUs (enough rows to fill the device).
     select_dtype : dtype of the correlations used only to *choose* atoms (float32: exact OMP;
         bfloat16: several times faster on CPUs and GPUs with bf16 matrix units, and may pick a
         near-best atom where two correlations tie within bf16 precision). Coefficients are always
@@ -56,6 +57,8 @@ def omp(
         )
     if n_atoms > MAX_ATOMS:
         raise ValueError(f"dictionaries may have at most {MAX_ATOMS} atoms (int16 indices), got {n_atoms}")
+    if chunk is None:
+        chunk = 512 if vectors.device.type == "cpu" else 16384
     d = dictionary.to(torch.float32)
     dt = d.t().contiguous()
     d_sel = d.to(select_dtype)

@@ -12,6 +12,8 @@ from lexico_chat.training.fit import relative_error
 
 __all__ = ["register", "run", "reconstruction_error"]
 
+SELECT = torch.bfloat16  # atom selection as the cache does it (coefficients are exact least squares)
+
 
 def register(subparsers) -> None:
     from lexico_chat.options import add_dictionary_options, add_json_option, add_model_options, positive_int
@@ -42,7 +44,11 @@ def reconstruction_error(model, tokenizer, text: str, dictionary, sparsity: int,
     for ids in picked:
         per_layer = _window_kv(model, ids)
         errs = [
-            (relative_error(k, dk, sparsity).sum(), relative_error(v, dv, sparsity).sum(), k.shape[0])
+            (
+                relative_error(k, dk, sparsity, select_dtype=SELECT).sum(),
+                relative_error(v, dv, sparsity, select_dtype=SELECT).sum(),
+                k.shape[0],
+            )
             for (k, v), (dk, dv) in zip(per_layer, zip(dictionary.keys, dictionary.values))
         ]
         sums = errs if sums is None else [(a + c, b + e, n + f) for (a, b, n), (c, e, f) in zip(sums, errs)]

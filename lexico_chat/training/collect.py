@@ -74,14 +74,15 @@ def collect_kv(
     """
     gen = torch.Generator().manual_seed(seed)
     kv_heads = _kv_heads(model)
-    train_tokens = sum(len(w) for i, w in enumerate(windows) if i % heldout_every != heldout_every - 1)
+    held_out = [_is_held(i, len(windows), heldout_every) for i in range(len(windows))]
+    train_tokens = sum(len(w) for w, h in zip(windows, held_out) if not h)
     held_tokens = sum(len(w) for w in windows) - train_tokens
     p_train = min(1.0, 1.05 * max_vectors / max(1, train_tokens * kv_heads))
     p_held = min(1.0, 1.05 * max_heldout / max(1, held_tokens * kv_heads))
     train: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
     held: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
     for i, ids in enumerate(windows):
-        is_held = i % heldout_every == heldout_every - 1
+        is_held = held_out[i]
         per_layer = _window_kv(model, ids)
         keep = torch.rand(per_layer[0][0].shape[0], generator=gen) < (p_held if is_held else p_train)
         (held if is_held else train).append([(k[keep].half(), v[keep].half()) for k, v in per_layer])
@@ -91,6 +92,11 @@ def collect_kv(
     held_keys, held_values = _stack(held, max_heldout)
     logger.info("collected %d training and %d held-out vectors per layer", keys.shape[1], held_keys.shape[1])
     return KVSample(keys, values, held_keys, held_values, sum(len(w) for w in windows))
+
+
+def _is_held(i: int, count: int, every: int) -> bool:
+    """Every ``every``-th window is held out; a corpus of fewer windows holds out its last one."""
+    return i % every == every - 1 or (count < every and i == count - 1 and count > 1)
 
 
 def _kv_heads(model) -> int:

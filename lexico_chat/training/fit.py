@@ -28,11 +28,11 @@ def relative_error(x: torch.Tensor, dictionary: torch.Tensor, sparsity: int, **o
 def sampled_dictionary(x: torch.Tensor, atoms: int, seed: int) -> torch.Tensor:
     """Baseline: ``atoms`` distinct training vectors, normalised; x: (V, m) -> (m, atoms)."""
     gen = torch.Generator().manual_seed(seed)
-    usable = x[x.float().norm(dim=1) > 1e-6].float()
+    usable = x[x.float().norm(dim=1) > 1e-6].float().cpu()
     if usable.shape[0] < atoms:
         raise ValueError(f"need at least {atoms} non-zero training vectors for {atoms} atoms, got {usable.shape[0]}")
     picked = usable[torch.randperm(usable.shape[0], generator=gen)[:atoms]]
-    return (picked / picked.norm(dim=1, keepdim=True)).t().contiguous()
+    return (picked / picked.norm(dim=1, keepdim=True)).t().contiguous().to(x.device)
 
 
 def fit_dictionary(
@@ -71,8 +71,8 @@ def _mod_update(x: torch.Tensor, idx: torch.Tensor, coef: torch.Tensor, d: torch
     # x: (V, m); idx, coef: (V, s); d: (m, N) -> new (m, N) with unit columns (unused atoms kept)
     m, n = d.shape
     flat = idx.long()
-    xct = torch.zeros(n, m)
-    cct = torch.zeros(n * n)
+    xct = torch.zeros(n, m, device=x.device)
+    cct = torch.zeros(n * n, device=x.device)
     for start in range(0, x.shape[0], 16384):  # bounded memory: (chunk, s, m) at a time
         fi, c, xs = flat[start : start + 16384], coef[start : start + 16384], x[start : start + 16384]
         xct.index_add_(0, fi.reshape(-1), (c.unsqueeze(2) * xs.unsqueeze(1)).reshape(-1, m))
@@ -81,7 +81,7 @@ def _mod_update(x: torch.Tensor, idx: torch.Tensor, coef: torch.Tensor, d: torch
     cct = cct.view(n, n)
     ridge = 1e-4 * cct.diagonal().mean().clamp_min(1e-12)
     used = cct.diagonal() > 0
-    cct = cct + torch.diag(torch.where(used, ridge, torch.ones(()))).to(cct.dtype)
+    cct = cct + torch.diag(torch.where(used, ridge, torch.ones((), device=x.device)))
     new = torch.linalg.solve(cct, xct).t()  # (m, N) = X Cᵀ (C Cᵀ + λI)⁻¹
     new = torch.where(used.unsqueeze(0), new, d)
     return new / new.norm(dim=0, keepdim=True).clamp_min(1e-12)
@@ -110,7 +110,7 @@ class _AdamUpdate:
     def update(self, x: torch.Tensor, idx: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
         gen = torch.Generator().manual_seed(int(idx[0, 0]))
         for _ in range(self.steps):
-            pick = torch.randint(0, x.shape[0], (min(self.batch, x.shape[0]),), generator=gen)
+            pick = torch.randint(0, x.shape[0], (min(self.batch, x.shape[0]),), generator=gen).to(x.device)
             with torch.enable_grad():
                 rec = (self.param.t()[idx[pick].long()] * coef[pick].unsqueeze(-1)).sum(1)
                 loss = ((x[pick] - rec) ** 2).sum(1).mean()

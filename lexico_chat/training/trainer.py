@@ -83,7 +83,7 @@ def train_dictionary(
     sample = _load_or_collect(loaded, texts, config, work, progress)
     per_layer = []
     for layer in range(dims.num_layers):
-        per_layer.append(_fit_layer(sample, layer, config, work, progress))
+        per_layer.append(_fit_layer(sample, layer, config, work, progress, device=loaded.model.device))
     keys = torch.stack([p[0] for p in per_layer])
     values = torch.stack([p[1] for p in per_layer])
     heldout = _summarise([p[2] for p in per_layer])
@@ -175,7 +175,7 @@ def _pick_windows(windows: list[torch.Tensor], config: TrainConfig) -> list[torc
     return picked
 
 
-def _fit_layer(sample: KVSample, layer: int, config: TrainConfig, work: Path, progress):
+def _fit_layer(sample: KVSample, layer: int, config: TrainConfig, work: Path, progress, device=None):
     path = work / f"layer_{layer:03d}.safetensors"
     if path.is_file():
         with safe_open(str(path), framework="pt") as fh:
@@ -191,13 +191,14 @@ def _fit_layer(sample: KVSample, layer: int, config: TrainConfig, work: Path, pr
             if progress:
                 progress(f"layer {layer} {kind} rre {rre:.3f}", it + 1, config.iters)
 
+        x, x_held = train[layer].to(device), held[layer][: config.max_heldout].to(device)
         d = fit_dictionary(
-            train[layer], config.atoms, config.sparsity, iters=config.iters, seed=seed, update=config.update, step=step
+            x, config.atoms, config.sparsity, iters=config.iters, seed=seed, update=config.update, step=step
         )
-        baseline = sampled_dictionary(train[layer], config.atoms, seed)
-        fitted[kind] = d.contiguous()
-        errors[kind] = _heldout_errors(held[layer][: config.max_heldout], d)
-        errors[f"sampled_{kind}"] = _heldout_errors(held[layer][: config.max_heldout], baseline)
+        baseline = sampled_dictionary(x, config.atoms, seed)
+        fitted[kind] = d.contiguous().cpu()
+        errors[kind] = _heldout_errors(x_held, d)
+        errors[f"sampled_{kind}"] = _heldout_errors(x_held, baseline)
     meta = {"heldout": json.dumps(errors)}
     write_atomic(path, lambda tmp: save_file(fitted, tmp, metadata=meta))
     logger.info("layer %d: held-out rre keys %s values %s", layer, errors["keys"], errors["values"])
