@@ -57,6 +57,12 @@ def omp(
         )
     if n_atoms > MAX_ATOMS:
         raise ValueError(f"dictionaries may have at most {MAX_ATOMS} atoms (int16 indices), got {n_atoms}")
+    if vectors.is_cuda:  # one fused Triton launch when triton is installed (lexico_chat.gpu), else the torch path
+        from lexico_chat.gpu import try_omp
+
+        coded = try_omp(vectors, dictionary, sparsity, tol=tol, select_dtype=select_dtype)
+        if coded is not None:
+            return coded
     if chunk is None:
         chunk = 512 if vectors.device.type == "cpu" else 16384
     d = dictionary.to(torch.float32)

@@ -1,0 +1,276 @@
+"""Model-level measurements behind ``benchmarks/gpu_bench.py``: decode ms/token and prefill tokens/s.
+
+A Llama-3.2-3B-shaped model with random bf16 weights (built on the device, nothing downloaded). Decode:
+DynamicCache + SDPA vs LexicoCache through the PyTorch path and through the Triton path, both caches
+filled directly with random states / random codes (no prefill), then ``steps`` greedy steps timed
+(compressions of the buffer happen meanwhile, as in real decoding). Prefill: real prefill-and-compress
+of a shorter context, timed end to end. Where the Triton hooks are not wired into the cache yet, the
+Triton rows register their own "lexico" attention and patch the cache layer's ``omp`` name, and say so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+
+from lexico_chat.gpu import pytorch_path
+from lexico_chat.gpu.cases import relative_error
+from lexico_chat.gpu.measure import peak_gib, sync, verdict
+
+__all__ = ["model_rows", "LLAMA_3B", "TINY", "PREFILL_TOKENS"]
+
+LLAMA_3B = dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
+                num_key_value_heads=8, head_dim=128, vocab_size=128256, max_position_embeddings=131072,
+                rope_theta=500000.0, tie_word_embeddings=True, rms_norm_eps=1e-5,
+                rope_scaling=dict(rope_type="llama3", factor=32.0, high_freq_factor=4.0, low_freq_factor=1.0,
+                                  original_max_position_embeddings=8192))  # fmt: skip
+TINY = dict(hidden_size=96, intermediate_size=128, num_hidden_layers=2, num_attention_heads=6,
+            num_key_value_heads=2, head_dim=16, vocab_size=128, max_position_embeddings=4096)  # fmt: skip
+PREFILL_TOKENS = 4096
+SPARSITY, ATOMS, BUFFER = 8, 4096, 128
+LOGITS_TOLERANCE = 5e-2  # first decode step, Triton vs PyTorch attention on the same cache, bf16 model
+
+
+def model_rows(run, device: torch.device, contexts: list[int], triton_ok: bool, smoke: bool, steps: int) -> None:
+    """Decode rows for each context (while the budget lasts), then the prefill rows."""
+    if not run.fits(30, "model rows"):
+        return
+    model = _model(device, smoke)
+    setup = dict(model=model, buffer=16 if smoke else BUFFER, steps=steps)
+    setup["dictionary"] = _dictionary(model.config, 64 if smoke else ATOMS, device)
+    hooks = _wired(device) if triton_ok else {"decode": False, "omp": False}
+    run.data["hooks_wired"] = hooks
+    label = "triton" + ("" if all(hooks.values()) else " (bench-wired)")
+    if triton_ok and not all(hooks.values()):
+        run.note(f"Triton hooks wired in lexico_chat: {hooks}; the '{label}' rows wire the missing ones themselves")
+    variants = [("sdpa full cache", contextlib.nullcontext), ("lexico pytorch", pytorch_path)]
+    variants += [(f"lexico {label}", lambda: _triton_path(hooks))] * triton_ok
+    limit = model.config.max_position_embeddings - steps - 8
+    for ctx in [min(c, limit) for c in contexts]:
+        if not run.fits(8 + ctx / 8192, f"decode at {ctx}"):
+            break
+        logits = {}
+        for name, path in variants:
+            logits[name] = run.attempt(f"decode {name} at {ctx}", _decode_row, run, setup, ctx, name, path)
+        if len([v for v in logits.values() if v is not None]) == 3:  # same random cache: same first-step logits
+            err = relative_error(logits[variants[2][0]], logits["lexico pytorch"])
+            run.row("check", f"decode logits {ctx}", verdict(err < LOGITS_TOLERANCE), err, "rel.err")
+            run.failed |= err >= LOGITS_TOLERANCE
+    tokens = 300 if smoke else PREFILL_TOKENS
+    if run.fits(20, "prefill rows"):
+        ids = torch.randint(0, model.config.vocab_size, (1, tokens), device=device)
+        for name, path in variants:
+            run.attempt(f"prefill {name}", _prefill_row, run, setup, ids, name, path)
+
+
+def _decode_row(run, setup: dict, ctx: int, name: str, path) -> torch.Tensor:
+    """Time decoding from a directly filled cache of ``ctx`` tokens; returns the first step's logits."""
+    model, device = setup["model"], setup["model"].device
+    _reset_peak(device)
+    torch.manual_seed(ctx)
+    if name.startswith("sdpa"):
+        cache = _fill_dynamic(model, ctx)
+    else:
+        cache = _fill_lexico(model, setup["dictionary"], ctx, setup["buffer"])
+    with path():
+        ms, logits = _decode_ms(model, cache, setup["steps"], device)
+    run.row("decode", f"{ctx} tokens (direct fill)", name, ms, "ms/token", peak_gib=peak_gib(device),
+            nvml_gib=_nvml_used_gib(device), cache_gib=_cache_bytes(cache) / 2**30)  # fmt: skip
+    return logits
+
+
+def _prefill_row(run, setup: dict, ids: torch.Tensor, name: str, path) -> None:
+    _reset_peak(ids.device)
+    with path():
+        _prefill_seconds(setup, ids[:, : ids.shape[1] // 4], name)  # warm-up: compilations, first windows
+        seconds = _prefill_seconds(setup, ids, name)
+    tokens = ids.shape[1]
+    run.row("prefill", f"{tokens} tokens (real)", name, tokens / seconds, "tokens/s", peak_gib=peak_gib(ids.device))
+
+
+def _model(device: torch.device, smoke: bool):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(
+            LlamaConfig(**(TINY if smoke else LLAMA_3B)), dtype=torch.bfloat16, attn_implementation="sdpa"
+        )
+    return model.eval()
+
+
+def _dictionary(config, atoms: int, device: torch.device):
+    from lexico_chat.dictionary import DictionaryMeta, LexicoDictionary
+
+    layers, m = config.num_hidden_layers, config.head_dim
+    keys, values = (torch.nn.functional.normalize(torch.randn(layers, m, atoms, device=device), dim=1) for _ in "kv")
+    meta = DictionaryMeta("random", layers, config.num_key_value_heads, m, atoms, SPARSITY, corpus="random")
+    return LexicoDictionary(keys, values, meta)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _fill_dynamic(model, ctx: int):
+    from transformers import DynamicCache
+
+    model.set_attn_implementation("sdpa")
+    cfg = model.config
+    cache = DynamicCache(config=cfg)
+    shape, dev = (1, cfg.num_key_value_heads, ctx, cfg.head_dim), model.device
+    for i in range(cfg.num_hidden_layers if ctx else 0):
+        cache.update(*(torch.randn(shape, dtype=torch.bfloat16, device=dev) for _ in "kv"), i)
+    return cache
+
+
+def _fill_lexico(model, dictionary, ctx: int, buffer: int):
+    """A LexicoCache holding ``ctx`` tokens (0: empty): random codes, then ``buffer - 1`` random states, so that
+    the first decode step compresses nothing (its logits compare attention paths alone)."""
+    from lexico_chat.cache import LexicoCache
+
+    cache = LexicoCache.from_model(model, dictionary, sparsity=SPARSITY, buffer=buffer)
+    if ctx == 0:
+        return cache
+    cfg, dev = model.config, model.device
+    hkv, m, atoms, held = cfg.num_key_value_heads, cfg.head_dim, dictionary.meta.atoms, buffer - 1
+    tc = ctx - held
+    for layer in cache.lexico_layers:
+        stub = torch.empty(1, hkv, 0, m, dtype=torch.bfloat16, device=dev)
+        layer.lazy_initialization(stub, stub)
+        for store in (layer.key_codes, layer.value_codes):
+            idx = torch.randint(0, atoms, (1, hkv, tc, SPARSITY), dtype=torch.int16, device=dev)
+            store.append(idx, 0.3 * torch.randn(1, hkv, tc, SPARSITY, device=dev))
+        for states in (layer.key_buffer, layer.value_buffer):
+            states.append(torch.randn(1, hkv, held, m, dtype=torch.bfloat16, device=dev))
+    return cache
+
+
+def _decode_ms(model, cache, steps: int, device: torch.device, warmup: int = 3) -> tuple[float, torch.Tensor]:
+    """Mean ms per greedy step over ``steps`` steps after ``warmup`` ones, and the (vocab,) fp32 first logits."""
+    token = torch.zeros(1, 1, dtype=torch.long, device=device)
+    first = None
+    with torch.inference_mode():
+        for i in range(warmup + steps):
+            if i == warmup:
+                sync(device)
+                start = time.perf_counter()
+            out = model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            if i == 0:
+                first = out.logits[0, -1].float().cpu()
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+        sync(device)
+    return (time.perf_counter() - start) * 1e3 / steps, first
+
+
+def _prefill_seconds(setup: dict, ids: torch.Tensor, name: str) -> float:
+    from lexico_chat.cache import prefill
+
+    model = setup["model"]
+    dense = name.startswith("sdpa")
+    cache = _fill_dynamic(model, 0) if dense else _fill_lexico(model, setup["dictionary"], 0, setup["buffer"])
+    sync(ids.device)
+    start = time.perf_counter()
+    prefill(model, ids, cache, chunk_size=512)
+    sync(ids.device)
+    return time.perf_counter() - start
+
+
+def _cache_bytes(cache) -> int:
+    if hasattr(cache, "memory"):
+        mem = cache.memory()
+        return mem.compressed_bytes + mem.buffer_bytes
+    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+
+
+def _nvml_used_gib(device: torch.device) -> float | None:
+    """Device memory in use (all processes) from NVML, or None without pynvml / on CPU."""
+    if device.type != "cuda":
+        return None
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+        return pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**30
+    except pynvml.NVMLError:
+        return None
+
+
+@contextlib.contextmanager
+def _counting(module, name: str):
+    original, calls = getattr(module, name), []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    setattr(module, name, counted)
+    try:
+        yield calls
+    finally:
+        setattr(module, name, original)
+
+
+def _wired(device: torch.device) -> dict[str, bool]:
+    """Whether compressed_attention and omp reach the Triton kernels by themselves on ``device``."""
+    import lexico_chat.gpu.decode as decode
+    import lexico_chat.gpu.pursuit as pursuit
+    from lexico_chat.cache.kernels import compressed_attention
+    from lexico_chat.gpu.cases import decode_case, unit_dictionary
+    from lexico_chat.omp import omp
+
+    case = decode_case(device=device)
+    with _counting(decode, "decode_attention") as attention_calls:
+        compressed_attention(case.query, case.key, case.value, case.compressed, None, scaling=case.scaling)
+    with _counting(pursuit, "omp") as omp_calls:
+        omp(torch.randn(8, 16, device=device), unit_dictionary(16, 64, torch.Generator(), device), 4)
+    return {"decode": bool(attention_calls), "omp": bool(omp_calls)}
+
+
+@contextlib.contextmanager
+def _triton_path(hooks: dict[str, bool]):
+    """Triton attention and OMP inside the model: as wired, or wired here for this block where missing."""
+    from transformers import AttentionInterface
+
+    import lexico_chat.cache.layer as layer_module
+    from lexico_chat.cache.attention import ATTENTION_NAME, register_lexico_attention
+
+    original_omp = layer_module.omp
+    if not hooks["decode"]:
+        AttentionInterface.register(ATTENTION_NAME, _triton_attention)
+    if not hooks["omp"]:
+        layer_module.omp = _triton_omp
+    try:
+        yield
+    finally:
+        register_lexico_attention()
+        layer_module.omp = original_omp
+
+
+def _triton_omp(vectors, dictionary, sparsity, *, tol=0.0, chunk=512, select_dtype=torch.float32):
+    from lexico_chat.gpu.pursuit import omp
+
+    return omp(vectors, dictionary, sparsity, tol=tol, select_dtype=select_dtype)
+
+
+def _triton_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, softcap=None,
+                      sliding_window=None, **kwargs):  # fmt: skip
+    from lexico_chat.cache.attention import lexico_attention_forward
+    from lexico_chat.cache.layer import LAYER_TAG
+    from lexico_chat.gpu.decode import decode_attention
+
+    layer = getattr(key, LAYER_TAG, None)
+    one_row_mask = attention_mask is None or attention_mask.shape[1:3] == (1, 1)
+    if layer is not None and layer.compressed_length and query.shape[2] == 1 and one_row_mask:
+        scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+        out = decode_attention(query, key, value, layer.compressed(), attention_mask, scaling=scale, softcap=softcap,
+                               sliding_window=sliding_window)  # fmt: skip
+        return out, None
+    return lexico_attention_forward(module, query, key, value, attention_mask, dropout, scaling, softcap,
+                                    sliding_window, **kwargs)  # fmt: skip
