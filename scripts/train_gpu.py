@@ -26,6 +26,9 @@ if os.environ.get("LEXICO_SMOKE"):  # a quick check of this script on CPU
     ATOMS = (64, 128)
 if os.environ.get("LEXICO_ATOMS"):
     ATOMS = tuple(int(a) for a in os.environ["LEXICO_ATOMS"].split(","))
+for key, env in (("iters", "LEXICO_ITERS"), ("max_vectors", "LEXICO_VECTORS"), ("max_tokens", "LEXICO_TOKENS")):
+    if os.environ.get(env):
+        SETTINGS[key] = int(os.environ[env])
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
