@@ -16,12 +16,12 @@ import json
 import torch
 
 from lexico_chat.dictionary import LexicoDictionary
-from lexico_chat.evals.rre import reconstruction_error
+from lexico_chat.evals.rre import SELECT
 from lexico_chat.lookup import find_dictionary
 from lexico_chat.models import load_model
 from lexico_chat.textfile import read_text
 from lexico_chat.training.collect import _window_kv, token_windows
-from lexico_chat.training.fit import sampled_dictionary
+from lexico_chat.training.fit import relative_error, sampled_dictionary
 
 
 def sampled_baseline(loaded, text: str, atoms: int, seed: int = 0) -> LexicoDictionary:
@@ -38,43 +38,61 @@ def sampled_baseline(loaded, text: str, atoms: int, seed: int = 0) -> LexicoDict
     return LexicoDictionary(torch.stack(keys), torch.stack(values), shipped.meta)
 
 
+def heldout_vectors(loaded, text: str, max_tokens: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer (keys, values) of the first ``max_tokens`` tokens of ``text``, each (H*T, m)."""
+    ids = token_windows(loaded.tokenizer, [text], 1024)
+    picked, total = [], 0
+    for w in ids:
+        if total >= max_tokens:
+            break
+        picked.append(w[: max_tokens - total])
+        total += len(picked[-1])
+    per_window = [_window_kv(loaded.model, w) for w in picked]
+    return [
+        (torch.cat([w[i][0] for w in per_window]), torch.cat([w[i][1] for w in per_window]))
+        for i in range(len(per_window[0]))
+    ]
+
+
+def mean_error(vectors, dictionary: LexicoDictionary, s: int) -> tuple[float, float]:
+    """Mean over layers of the mean relative error of keys and of values."""
+    keys = [relative_error(k, dictionary.keys[i], s, select_dtype=SELECT).mean() for i, (k, _) in enumerate(vectors)]
+    vals = [relative_error(v, dictionary.values[i], s, select_dtype=SELECT).mean() for i, (_, v) in enumerate(vectors)]
+    return float(sum(keys) / len(keys)), float(sum(vals) / len(vals))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--heldout", required=True)
     parser.add_argument("--train-sample", required=True)
-    parser.add_argument("--max-tokens", type=int, default=4096)
+    parser.add_argument("--max-tokens", type=int, default=2048)
+    parser.add_argument("--atoms", type=int, nargs="+", default=[1024, 4096])
+    parser.add_argument("--sparsity", type=int, nargs="+", default=[4, 8, 16, 32])
     parser.add_argument("--out", default="benchmarks/dictionary_quality.json")
     args = parser.parse_args()
     loaded = load_model()
     heldout, sample = read_text(args.heldout), read_text(args.train_sample)
     rows = []
     with torch.inference_mode():
-        for atoms in (1024, 4096):
+        vectors = heldout_vectors(loaded, heldout, args.max_tokens)
+        for atoms in args.atoms:
             dictionaries = {
                 "trained": find_dictionary(loaded.model_id, loaded.dims, atoms),
                 "sampled": sampled_baseline(loaded, sample, atoms),
             }
-            for s in (4, 8, 16, 32):
+            for s in args.sparsity:
                 for name, d in dictionaries.items():
-                    r = reconstruction_error(loaded.model, loaded.tokenizer, heldout, d, s, args.max_tokens)
-                    rows.append(
-                        {
-                            "atoms": atoms,
-                            "sparsity": s,
-                            "dictionary": name,
-                            "tokens": r["tokens"],
-                            "keys": r["keys"],
-                            "values": r["values"],
-                        }
-                    )
+                    keys, values = mean_error(vectors, d, s)
+                    row = {"atoms": atoms, "sparsity": s, "dictionary": name, "tokens": args.max_tokens}
+                    rows.append({**row, "keys": keys, "values": values})
                     print(json.dumps(rows[-1]), flush=True)
     with open(args.out, "w") as fh:
         json.dump(rows, fh, indent=1)
     print(
         "\n| N | s | keys (trained) | keys (sampled) | values (trained) | values (sampled) |\n|---|---|---|---|---|---|"
     )
-    for atoms in (1024, 4096):
-        for s in (4, 8, 16, 32):
+    for atoms in args.atoms:
+        for s in args.sparsity:
             t = next(r for r in rows if r["atoms"] == atoms and r["sparsity"] == s and r["dictionary"] == "trained")
             b = next(r for r in rows if r["atoms"] == atoms and r["sparsity"] == s and r["dictionary"] == "sampled")
             print(f"| {atoms} | {s} | {t['keys']:.3f} | {b['keys']:.3f} | {t['values']:.3f} | {b['values']:.3f} |")
