@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 
-EVAL_MODULES = ("omp_speed", "rre", "perplexity", "speed")
+EVAL_MODULES = ("omp_speed", "rre", "perplexity", "speed", "compare", "niah", "agreement")
 
 
 def register_all(subparsers) -> None:

@@ -1,0 +1,267 @@
+"""Attention over sparse-coded keys/values plus a full-precision buffer, in the compressed domain.
+
+For a query q and a compressed key ``k_t = D_k[:, idx_t] @ coef_t``:
+
+    q · k_t = Σ_j (qᵀ D_k)[idx_t,j] · coef_t,j         u = qᵀ D_k is one (N,) table per query row
+
+and for attention weights a_t over compressed values:
+
+    Σ_t a_t v_t = D_v @ w,    w = Σ_t a_t · scatter(idx_t, coef_t)   (N,) per query row
+
+Compressed and buffer scores share one softmax.
+
+* Scores: the (rows, N) tables of every KV head are stacked into one (heads·N, rows) table and each
+  compressed token's score row is a weighted sum of s table rows — exactly what ``embedding_bag``
+  (mode "sum", per-sample weights) computes in one fused call, without a (rows, T, s) intermediate.
+* Values, few query rows (decode: rows = GQA group ≤ ``VALUES_SPARSE_MAX_ROWS``): the weights are
+  scattered into atom space, w (rows, N), then one product with D_v; nothing of size (T, head_dim).
+* Values, many query rows (prefill chunks): scattering rows·T·s products is memory bound and slow,
+  so compressed values are rebuilt ``TILE_TOKENS`` at a time (a bounded (TILE_TOKENS, head_dim) tile
+  made by ``embedding_bag`` and freed at once) and multiplied by the weights with a GEMM; the rebuild
+  is shared by all query rows.
+
+Query rows are processed in blocks so that no intermediate exceeds ``BLOCK_ELEMENTS`` floats.
+All arithmetic is fp32; the output is cast to the query dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "CompressedKV",
+    "attention_bias",
+    "coefs_to_float",
+    "compressed_attention",
+    "VALUES_SPARSE_MAX_ROWS",
+    "TILE_TOKENS",
+]
+
+VALUES_SPARSE_MAX_ROWS = 8  # query rows per KV head (GQA group x query tokens) scattered in atom space
+TILE_TOKENS = 1024  # compressed values rebuilt at once for many query rows
+BLOCK_ELEMENTS = 1 << 23  # cap on the elements of one query block's score / scatter intermediates
+_NEG = torch.finfo(torch.float32).min
+
+
+@dataclass(frozen=True)
+class CompressedKV:
+    """The compressed tokens of one layer, as attention reads them.
+
+    Attributes
+    ----------
+    key_indices, value_indices : (batch, kv_heads, T, s) integer atom indices (int16 as stored).
+    key_coefs, value_coefs : (batch, kv_heads, T, s) coefficients (any float dtype, fp8 included).
+    key_dictionary, value_dictionary : (head_dim, N) float32 atoms on the same device.
+    """
+
+    key_indices: torch.Tensor
+    key_coefs: torch.Tensor
+    value_indices: torch.Tensor
+    value_coefs: torch.Tensor
+    key_dictionary: torch.Tensor
+    value_dictionary: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        return self.key_indices.shape[2]
+
+    def widened(self) -> CompressedKV:
+        """fp32 coefficients and int64 value indices (what scatter needs), converted once per call; key
+        indices stay as stored (widened to int32 when offset into the stacked score tables)."""
+        key_coefs, value_coefs = coefs_to_float(torch.stack([self.key_coefs, self.value_coefs]))  # one decode
+        return CompressedKV(
+            self.key_indices,
+            key_coefs,
+            self.value_indices.long(),
+            value_coefs,
+            self.key_dictionary,
+            self.value_dictionary,
+        )
+
+
+def coefs_to_float(coefs: torch.Tensor) -> torch.Tensor:
+    """Stored coefficients (any float dtype) as fp32; float8_e4m3fn is decoded by bit arithmetic.
+
+    torch's fp8 -> fp32 cast is scalar on CPU (~5x slower than these five vectorised integer ops).
+    Placing the e4m3 sign at bit 15 and exponent/mantissa at bits 13..7 of a float16 gives exactly
+    value * 2**-8 for normal and subnormal e4m3 numbers alike (NaN is never stored: values saturate).
+    """
+    if coefs.dtype != torch.float8_e4m3fn:
+        return coefs.to(torch.float32)
+    bits = coefs.view(torch.uint8).to(torch.int16)
+    half = ((bits & 0x80) << 8) | ((bits & 0x7F) << 7)
+    return half.view(torch.float16).to(torch.float32).mul_(256.0)
+
+
+def attention_bias(
+    mask: torch.Tensor | None,
+    q_len: int,
+    total: int,
+    kv_heads: int,
+    groups: int,
+    sliding_window: int | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor | None:
+    """Additive fp32 bias for ``total`` keys (compressed first, then buffer), or None when nothing is masked.
+
+    Parameters
+    ----------
+    mask : None (causal, keys at absolute positions 0..total-1, queries the last ``q_len`` of them),
+        a bool mask (b, 1 or heads, q_len, total) with True = attend, or an additive float mask.
+    sliding_window : with ``mask=None``, keys at distance >= sliding_window are masked too.
+    device : where the causal mask is built when ``mask`` is None.
+
+    Returns
+    -------
+    (b or 1, kv_heads or 1, groups or 1, q_len, total) float32, 0 where attended, fp32 min elsewhere.
+    """
+    if mask is None:
+        if q_len == 1 and (sliding_window is None or sliding_window >= total):
+            return None
+        q_pos = torch.arange(total - q_len, total, device=device).unsqueeze(1)
+        k_pos = torch.arange(total, device=device).unsqueeze(0)
+        allowed = k_pos <= q_pos
+        if sliding_window is not None:
+            allowed &= q_pos - k_pos < sliding_window
+        mask = allowed.view(1, 1, q_len, total)
+    if mask.shape[-1] != total or mask.shape[-2] != q_len:
+        raise ValueError(f"attention mask must end in ({q_len}, {total}) (queries, keys), got {tuple(mask.shape)}")
+    if mask.dtype == torch.bool:
+        bias = torch.where(mask, 0.0, _NEG).to(torch.float32)
+    else:
+        bias = mask.to(torch.float32)
+    heads = bias.shape[1]
+    if heads == 1:
+        return bias.view(bias.shape[0], 1, 1, q_len, total)
+    return bias.view(bias.shape[0], kv_heads, groups, q_len, total)
+
+
+def compressed_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    compressed: CompressedKV | None,
+    attention_mask: torch.Tensor | None,
+    *,
+    scaling: float,
+    softcap: float | None = None,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """Attention of ``query`` over compressed tokens followed by buffer tokens.
+
+    Parameters
+    ----------
+    query : (b, heads, q_len, m) any float dtype; head h reads KV head h // (heads // kv_heads).
+    key, value : (b, kv_heads, Tb, m) buffer tokens (the most recent ones).
+    compressed : codes of the Tc older tokens, or None (plain eager attention on the buffer).
+    attention_mask : see ``attention_bias``; its key axis is (Tc + Tb), compressed tokens first.
+    scaling : multiplier of q·k; softcap : optional ``tanh(x / c) * c`` of the scaled scores.
+
+    Returns
+    -------
+    (b, q_len, heads, m) in ``query.dtype``.
+    """
+    if query.is_cuda and query.shape[2] == 1:  # fused Triton decode kernel when available (lexico_chat.gpu)
+        from lexico_chat.gpu import try_decode_attention
+
+        out = try_decode_attention(
+            query,
+            key,
+            value,
+            compressed,
+            attention_mask,
+            scaling=scaling,
+            softcap=softcap,
+            sliding_window=sliding_window,
+        )
+        if out is not None:
+            return out
+    b, heads, q_len, m = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    codes = compressed.widened() if compressed is not None and compressed.length else None
+    n_comp = codes.length if codes is not None else 0
+    total = n_comp + key.shape[2]
+    bias = attention_bias(attention_mask, q_len, total, kv_heads, groups, sliding_window, query.device)
+    q5 = (query.to(torch.float32) * scaling).reshape(b, kv_heads, groups, q_len, m)  # (b, hkv, g, q, m)
+    k32, v32 = key.to(torch.float32), value.to(torch.float32)
+    sparse = groups * q_len <= VALUES_SPARSE_MAX_ROWS
+    per_row = b * kv_heads * groups * max(total, n_comp * codes.key_indices.shape[-1] if sparse and codes else 0)
+    rows = max(1, min(q_len, BLOCK_ELEMENTS // max(per_row, 1)))
+    blocks = []
+    for start in range(0, q_len, rows):
+        part = None if bias is None else bias[..., start : start + rows, :]
+        blocks.append(_attend(q5[:, :, :, start : start + rows], k32, v32, codes, part, softcap, sparse))
+    out = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=3)  # (b, hkv, g, q, m)
+    return out.reshape(b, heads, q_len, m).transpose(1, 2).to(query.dtype).contiguous()
+
+
+def _attend(q5, k32, v32, codes: CompressedKV | None, bias, softcap, sparse: bool) -> torch.Tensor:
+    # q5: (b, hkv, g, r, m) scaled fp32; k32/v32: (b, hkv, Tb, m); bias: (.., r, total) or None
+    b, hkv, g, r, m = q5.shape
+    flat = q5.reshape(b, hkv, g * r, m)
+    n_comp = codes.length if codes is not None else 0
+    parts = [flat @ k32.transpose(-1, -2)]  # (b, hkv, G, Tb)
+    if codes is not None:
+        parts.insert(0, _compressed_scores(flat, codes))
+    scores = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+    scores = scores.view(b, hkv, g, r, -1)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if bias is not None:
+        scores = scores + bias
+    probs = torch.softmax(scores, dim=-1).view(b, hkv, g * r, -1)
+    out = probs[..., n_comp:] @ v32  # (b, hkv, G, m)
+    if codes is not None:
+        comp = probs[..., :n_comp]
+        out = out + (_sparse_values(comp, codes) if sparse else _tiled_values(comp, codes))
+    return out.view(b, hkv, g, r, m)
+
+
+def _compressed_scores(flat: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
+    # flat: (b, hkv, G, m) -> (b, hkv, G, T)
+    b, hkv, rows, _ = flat.shape
+    t, s = codes.key_indices.shape[2:]
+    n_atoms = codes.key_dictionary.shape[1]
+    table = flat @ codes.key_dictionary  # (b, hkv, G, N): one GEMM, batch folded into rows
+    table = table.transpose(-1, -2).reshape(b * hkv * n_atoms, rows)  # uᵀ per head, stacked head after head
+    offsets = torch.arange(0, b * hkv * n_atoms, n_atoms, dtype=torch.int32, device=flat.device)
+    bags = (codes.key_indices + offsets.view(b, hkv, 1, 1)).view(b * hkv * t, s)  # int32 table rows, s per token
+    scores = torch.nn.functional.embedding_bag(
+        bags, table, per_sample_weights=codes.key_coefs.reshape(b * hkv * t, s), mode="sum"
+    )  # (b * hkv * T, G)
+    return scores.view(b, hkv, t, rows).transpose(-1, -2)
+
+
+def _sparse_values(probs: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
+    # probs: (b, hkv, G, T) -> (b, hkv, G, m)
+    b, hkv, rows, t = probs.shape
+    s = codes.value_indices.shape[-1]
+    n_atoms = codes.value_dictionary.shape[1]
+    src = (probs.unsqueeze(-1) * codes.value_coefs.unsqueeze(2)).reshape(b, hkv, rows, t * s)
+    index = codes.value_indices.reshape(b, hkv, 1, t * s).expand(b, hkv, rows, t * s)
+    weights = probs.new_zeros(b, hkv, rows, n_atoms).scatter_add_(-1, index, src)  # (b, hkv, G, N)
+    return weights @ codes.value_dictionary.t()
+
+
+def _rebuild(indices: torch.Tensor, coefs: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
+    # indices/coefs: (b, hkv, t, s), atoms: (N, m) contiguous -> (b, hkv, t, m); t <= TILE_TOKENS
+    b, hkv, t, s = indices.shape
+    flat = torch.nn.functional.embedding_bag(
+        indices.reshape(-1, s), atoms, per_sample_weights=coefs.reshape(-1, s), mode="sum"
+    )
+    return flat.view(b, hkv, t, atoms.shape[1])
+
+
+def _tiled_values(probs: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
+    # probs: (b, hkv, G, T) -> (b, hkv, G, m)
+    atoms = codes.value_dictionary.t().contiguous()  # (N, m); free when the layer stores it so
+    out = None
+    for start in range(0, codes.length, TILE_TOKENS):
+        stop = start + TILE_TOKENS
+        tile = _rebuild(codes.value_indices[:, :, start:stop], codes.value_coefs[:, :, start:stop], atoms)
+        part = probs[..., start:stop] @ tile
+        out = part if out is None else out + part
+    return out

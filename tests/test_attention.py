@@ -1,0 +1,181 @@
+"""Compressed-domain attention equals dense attention on the reconstructed keys/values."""
+
+import dataclasses
+
+import pytest
+import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import causal_mask_function, sdpa_mask
+
+from lexico_chat.cache import kernels
+from lexico_chat.cache.attention import lexico_attention_forward
+from lexico_chat.cache.kernels import CompressedKV, compressed_attention
+from lexico_chat.omp import reconstruct
+
+
+def _codes(b, hkv, t, s, m, n, gen, coef_dtype=torch.float32):
+    dk = torch.randn(m, n, generator=gen)
+    dv = torch.randn(m, n, generator=gen)
+    dk, dv = dk / dk.norm(dim=0), dv / dv.norm(dim=0)
+    idx = [torch.rand(b, hkv, t, n, generator=gen).argsort(-1)[..., :s].to(torch.int16) for _ in range(2)]
+    coef = [torch.randn(b, hkv, t, s, generator=gen).to(coef_dtype) for _ in range(2)]
+    return CompressedKV(idx[0], coef[0], idx[1], coef[1], dk, dv)
+
+
+def _dense_reference(query, keys, values, allowed, scaling, softcap=None):
+    """float64 eager attention: query (b,h,q,m), keys/values (b,hkv,T,m), allowed (b|1,1,q,T) bool."""
+    groups = query.shape[1] // keys.shape[1]
+    k = keys.double().repeat_interleave(groups, dim=1)
+    v = values.double().repeat_interleave(groups, dim=1)
+    scores = query.double() @ k.transpose(-1, -2) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    return (torch.softmax(scores, -1) @ v).transpose(1, 2)  # (b, q, h, m)
+
+
+def _causal(q_len, total, window=None):
+    q_pos = torch.arange(total - q_len, total)[:, None]
+    k_pos = torch.arange(total)[None, :]
+    allowed = k_pos <= q_pos
+    if window is not None:
+        allowed &= q_pos - k_pos < window
+    return allowed.view(1, 1, q_len, total)
+
+
+def _full_kv(codes, key_buf, value_buf):
+    keys = reconstruct(codes.key_indices, codes.key_coefs, codes.key_dictionary)
+    values = reconstruct(codes.value_indices, codes.value_coefs, codes.value_dictionary)
+    return torch.cat([keys, key_buf], 2), torch.cat([values, value_buf], 2)
+
+
+CASES = [
+    # b, heads, kv_heads, q_len, compressed, buffer, m, atoms, s
+    (1, 4, 2, 1, 37, 7, 16, 64, 4),  # decode, GQA
+    (2, 6, 3, 1, 300, 0, 32, 128, 8),  # buffer empty (buffer=0)
+    (1, 2, 2, 5, 50, 12, 16, 64, 16),  # chunk, MHA, values in atom space
+    (2, 4, 1, 40, 1100, 45, 16, 64, 4),  # long chunk: tiled values, two tiles
+    (1, 9, 3, 17, 129, 30, 64, 256, 8),  # the default model's head layout
+]
+
+
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+    ),
+]
+
+
+def _on(codes, device):
+    return CompressedKV(*(getattr(codes, f.name).to(device) for f in dataclasses.fields(codes)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("b,heads,hkv,q_len,tc,tb,m,n,s", CASES)
+@pytest.mark.parametrize("softcap", [None, 5.0])
+def test_matches_dense_on_reconstruction(b, heads, hkv, q_len, tc, tb, m, n, s, softcap, device):
+    gen = torch.Generator().manual_seed(tc + tb + q_len)
+    codes = _codes(b, hkv, tc, s, m, n, gen)
+    query = torch.randn(b, heads, q_len, m, generator=gen)
+    key_buf, value_buf = torch.randn(b, hkv, tb, m, generator=gen), torch.randn(b, hkv, tb, m, generator=gen)
+    out = compressed_attention(
+        query.to(device),
+        key_buf.to(device),
+        value_buf.to(device),
+        _on(codes, device),
+        None,
+        scaling=m**-0.5,
+        softcap=softcap,
+    )
+    keys, values = _full_kv(codes, key_buf, value_buf)
+    ref = _dense_reference(query, keys, values, _causal(q_len, tc + tb), m**-0.5, softcap)
+    torch.testing.assert_close(out.cpu().double(), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("sparse_rows", [0, 10_000])
+def test_both_orders_and_blocks_agree(monkeypatch, sparse_rows):
+    """Atom-space (scatter) and tiled values, split into many query blocks, give the dense result."""
+    monkeypatch.setattr(kernels, "VALUES_SPARSE_MAX_ROWS", sparse_rows)
+    monkeypatch.setattr(kernels, "BLOCK_ELEMENTS", 4096)
+    monkeypatch.setattr(kernels, "TILE_TOKENS", 64)
+    gen = torch.Generator().manual_seed(3)
+    codes = _codes(1, 2, 150, 4, 16, 64, gen)
+    query = torch.randn(1, 4, 9, 16, generator=gen)
+    key_buf, value_buf = torch.randn(1, 2, 20, 16, generator=gen), torch.randn(1, 2, 20, 16, generator=gen)
+    out = compressed_attention(query, key_buf, value_buf, codes, None, scaling=0.3)
+    keys, values = _full_kv(codes, key_buf, value_buf)
+    torch.testing.assert_close(
+        out.double(), _dense_reference(query, keys, values, _causal(9, 170), 0.3), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_transformers_masks_padding_and_sliding_window():
+    """Bool masks from transformers (left padding, sliding window) and additive float masks are honoured."""
+    gen = torch.Generator().manual_seed(5)
+    b, heads, hkv, q_len, tc, tb, m = 2, 4, 2, 6, 40, 10, 16
+    codes = _codes(b, hkv, tc, 4, m, 64, gen)
+    query = torch.randn(b, heads, q_len, m, generator=gen)
+    key_buf, value_buf = torch.randn(b, hkv, tb, m, generator=gen), torch.randn(b, hkv, tb, m, generator=gen)
+    padding = torch.ones(b, tc + tb, dtype=torch.bool)
+    padding[1, :13] = False  # row 1 is left-padded by 13 tokens (all in the compressed part)
+    window = 20
+    mask = sdpa_mask(
+        batch_size=b,
+        q_length=q_len,
+        kv_length=tc + tb,
+        q_offset=tc + tb - q_len,
+        mask_function=lambda bi, hi, qi, ki: causal_mask_function(bi, hi, qi, ki) & (qi - ki < window),
+        attention_mask=padding,
+        allow_is_causal_skip=False,
+    )
+    keys, values = _full_kv(codes, key_buf, value_buf)
+    ref = _dense_reference(query, keys, values, mask, 0.25)
+    out = compressed_attention(query, key_buf, value_buf, codes, mask, scaling=0.25)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
+    additive = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
+    out_float = compressed_attention(query, key_buf, value_buf, codes, additive, scaling=0.25)
+    torch.testing.assert_close(out_float.double(), ref, rtol=1e-5, atol=1e-6)
+    out_window = compressed_attention(query, key_buf, value_buf, codes, None, scaling=0.25, sliding_window=window)
+    ref_window = _dense_reference(query, keys, values, _causal(q_len, tc + tb, window), 0.25)
+    torch.testing.assert_close(out_window.double(), ref_window, rtol=1e-5, atol=1e-6)
+
+
+def test_fp8_decoding_is_exact_for_every_value():
+    every = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn)
+    expected = every.float()
+    finite = ~torch.isnan(expected)
+    assert torch.equal(kernels.coefs_to_float(every)[finite], expected[finite])
+
+
+def test_fp8_codes_read_as_stored():
+    """Coefficients stored as float8 are attended exactly as their fp32 values."""
+    gen = torch.Generator().manual_seed(9)
+    codes = _codes(1, 1, 64, 4, 16, 32, gen, coef_dtype=torch.float8_e4m3fn)
+    query = torch.randn(1, 3, 1, 16, generator=gen)
+    key_buf, value_buf = torch.randn(1, 1, 5, 16, generator=gen), torch.randn(1, 1, 5, 16, generator=gen)
+    out = compressed_attention(query, key_buf, value_buf, codes, None, scaling=0.25)
+    keys, values = _full_kv(codes, key_buf, value_buf)
+    torch.testing.assert_close(
+        out.double(), _dense_reference(query, keys, values, _causal(1, 69), 0.25), rtol=1e-5, atol=1e-6
+    )
+
+
+class _Module(torch.nn.Module):
+    num_key_value_groups = 2
+    is_causal = True
+
+
+@pytest.mark.parametrize("q_len", [1, 7])
+def test_untagged_keys_are_exactly_sdpa(q_len):
+    """Without compressed tokens the "lexico" function returns sdpa's output bit for bit."""
+    gen = torch.Generator().manual_seed(q_len)
+    query = torch.randn(1, 4, q_len, 16, generator=gen)
+    key, value = torch.randn(1, 2, 12, 16, generator=gen), torch.randn(1, 2, 12, 16, generator=gen)
+    module = _Module()
+    expected, _ = sdpa_attention_forward(module, query, key, value, None, scaling=0.25)
+    got, _ = lexico_attention_forward(module, query, key, value, None, scaling=0.25)
+    assert torch.equal(got, expected)
+    capped, _ = lexico_attention_forward(module, query, key, value, None, scaling=0.25, softcap=3.0)
+    ref = _dense_reference(query, key, value, _causal(q_len, 12), 0.25, softcap=3.0)
+    torch.testing.assert_close(capped.double(), ref, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,144 @@
+"""LexicoLayer storage: compression schedule, append cost (structural), exact codes, memory accounting."""
+
+import math
+
+import pytest
+import torch
+
+from lexico_chat.cache import LexicoCache, LexicoLayer
+from lexico_chat.cache.store import MIN_CAPACITY
+from lexico_chat.omp import omp, reconstruct
+from tests.conftest import random_dictionary
+
+
+def _dicts(m=16, n=64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    dk, dv = torch.randn(m, n, generator=gen), torch.randn(m, n, generator=gen)
+    return dk / dk.norm(dim=0), dv / dv.norm(dim=0)
+
+
+def _states(b, h, t, m, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(b, h, t, m, generator=gen), torch.randn(b, h, t, m, generator=gen)
+
+
+@pytest.mark.parametrize("buffer,window", [(8, 4), (0, 4), (5, 32), (128, 32)])
+def test_schedule_keeps_buffer_and_compresses_whole_windows(buffer, window):
+    layer = LexicoLayer(*_dicts(), 4, buffer=buffer, window=window)
+    seen = 0
+    for step, t in enumerate([1, 3, 70, 1, 1, 200, 1, 5]):
+        k, v = _states(1, 2, t, 16, step)
+        before = layer.compressed_length
+        keys, values = layer.update(k, v)
+        seen += t
+        assert layer.compressed_length + layer.buffer_length == seen == layer.get_seq_length()
+        assert layer.buffer_length <= buffer and keys.shape[2] == values.shape[2] == layer.buffer_length
+        assert torch.equal(keys[:, :, -min(t, keys.shape[2]) :], k[:, :, t - min(t, keys.shape[2]) :])
+        moved = layer.compressed_length - before  # whole windows, or the whole buffer when that is fewer
+        assert moved % window == 0 or layer.buffer_length == 0
+        assert moved == 0 or layer.buffer_length > buffer - window  # no more than needed was compressed
+        assert layer.get_mask_sizes(3) == (seen + 3, 0)
+
+
+def test_codes_are_one_batched_omp_of_the_oldest_tokens():
+    """Stored codes equal OMP of the evicted tokens (flattened over batch, heads, tokens), stored as fp32."""
+    dk, dv = _dicts()
+    layer = LexicoLayer(dk, dv, 4, buffer=6, window=4, coef_dtype=torch.float32, select_dtype=torch.float32)
+    k, v = _states(2, 3, 11, 16, 1)
+    layer.update(k, v)  # 11 held, excess 5 -> two windows (8 tokens) compressed
+    assert layer.compressed_length == 8 and layer.buffer_length == 3
+    idx, coef = omp(k[:, :, :8].reshape(-1, 16), dk, 4, select_dtype=torch.float32)
+    stored_idx, stored_coef = layer.key_codes.view()
+    assert torch.equal(stored_idx, idx.view(2, 3, 8, 4))
+    assert torch.equal(stored_coef, coef.view(2, 3, 8, 4))
+    vidx, vcoef = layer.value_codes.view()
+    ref = reconstruct(*omp(v[:, :, :8].reshape(-1, 16), dv, 4, select_dtype=torch.float32), dv)
+    torch.testing.assert_close(reconstruct(vidx, vcoef, dv), ref.view(2, 3, 8, 16))
+    assert torch.equal(layer.key_buffer.view(), k[:, :, 8:])
+
+
+def test_fp8_coefficients_saturate_instead_of_overflowing():
+    layer = LexicoLayer(*_dicts(), 4, buffer=0, window=1)
+    k, v = _states(1, 1, 3, 16, 2)
+    layer.update(k * 1e4, v)  # coefficients far beyond float8_e4m3fn's 448
+    _, coef = layer.key_codes.view()
+    assert coef.dtype == torch.float8_e4m3fn
+    assert torch.isfinite(coef.float()).all() and coef.float().abs().max() == 448
+
+
+def test_append_cost_does_not_grow_with_length():
+    """Storage is reused in place between doublings: O(log T) reallocations, stable data pointers."""
+    layer = LexicoLayer(*_dicts(), 4, buffer=16, window=8)
+    pointers, buffer_pointers, steps = [], set(), 2000
+    for step in range(steps):
+        layer.update(*_states(1, 2, 1, 16, step))
+        if layer.compressed_length:
+            pointers.append((layer.key_codes.indices.data_ptr(), layer.key_codes.capacity))
+        buffer_pointers.add(layer.key_buffer.data.data_ptr())
+    changes = sum(1 for a, b in zip(pointers, pointers[1:], strict=False) if a[0] != b[0])
+    expected = math.ceil(math.log2(layer.compressed_length / MIN_CAPACITY))
+    assert changes == layer.key_codes.reallocations - 1 == expected  # the first allocation is not a change
+    assert all(
+        a[1] == b[1] for a, b in zip(pointers, pointers[1:], strict=False) if a[0] == b[0]
+    )  # same storage, same size
+    assert layer.key_codes.capacity < 2 * layer.compressed_length
+    assert len(buffer_pointers) == layer.key_buffer.reallocations == 1  # the buffer is allocated once
+
+
+def test_compressed_codes_never_move():
+    layer = LexicoLayer(*_dicts(), 4, buffer=4, window=4)
+    layer.update(*_states(1, 2, 12, 16, 0))
+    first = layer.key_codes.view()[0].clone(), layer.key_codes.view()[1].clone()
+    for step in range(300):
+        layer.update(*_states(1, 2, 1, 16, step + 1))
+    idx, coef = layer.key_codes.view()
+    assert torch.equal(idx[:, :, :8], first[0]) and torch.equal(coef[:, :, :8], first[1])
+
+
+def _held_bytes(tensor):
+    return tensor.numel() * tensor.element_size()
+
+
+@pytest.mark.parametrize("coef_dtype,per_vector", [(torch.float8_e4m3fn, 3), (torch.float16, 4), (torch.float32, 6)])
+def test_memory_equals_bytes_of_tensors_held(tiny_model, coef_dtype, per_vector):
+    model = tiny_model("gemma3")  # two compressed and two sliding-window layers
+    cache = LexicoCache.from_model(model, random_dictionary(model), 4, buffer=8, window=4, coef_dtype=coef_dtype)
+    with torch.inference_mode():
+        model(torch.arange(30).unsqueeze(0), past_key_values=cache)
+        model(torch.arange(3).unsqueeze(0), past_key_values=cache)
+    mem = cache.memory()
+    compressed = allocated = buffer = buffer_alloc = fp16 = dictionary = 0
+    for layer in cache.layers:
+        if isinstance(layer, LexicoLayer):
+            stores = (layer.key_codes, layer.value_codes)
+            compressed += sum(_held_bytes(t) for st in stores for t in st.view())
+            allocated += sum(t.untyped_storage().nbytes() for st in stores for t in (st.indices, st.coefs))
+            buffer += _held_bytes(layer.key_buffer.view()) + _held_bytes(layer.value_buffer.view())
+            buffer_alloc += layer.key_buffer.data.untyped_storage().nbytes() * 2
+            dictionary += _held_bytes(layer.key_dictionary) + _held_bytes(layer.value_dictionary)
+            fp16 += 2 * 33 * 1 * 1 * 16 * 2  # K and V, 33 tokens, batch 1, 1 KV head, head_dim 16, 2 bytes
+        else:
+            buffer += _held_bytes(layer.keys) + _held_bytes(layer.values)
+            buffer_alloc += layer.keys.untyped_storage().nbytes() + layer.values.untyped_storage().nbytes()
+            fp16 += 2 * layer.keys.shape[2] * 16 * 2
+    assert (mem.compressed_bytes, mem.allocated_bytes, mem.buffer_bytes) == (compressed, allocated, buffer)
+    assert (mem.buffer_allocated_bytes, mem.fp16_bytes, mem.dictionary_bytes) == (buffer_alloc, fp16, dictionary)
+    assert mem.compressed_tokens == 28 and mem.buffer_tokens == 5
+    assert mem.compressed_bytes == 2 * 2 * 28 * 4 * per_vector  # layers x (K, V) x tokens x s x bytes per atom
+    assert mem.kv_fraction == pytest.approx((compressed + buffer) / fp16)
+    assert sum(p.compressed_bytes for p in mem.layers) == mem.compressed_bytes
+    assert [p.kind for p in mem.layers] == ["dense", "lexico", "dense", "lexico"]
+    assert mem.to_dict()["kv_fraction"] == mem.kv_fraction
+
+
+def test_invalid_settings_name_the_parameter():
+    dk, dv = _dicts()
+    with pytest.raises(ValueError, match="sparsity"):
+        LexicoLayer(dk, dv, 17)
+    with pytest.raises(ValueError, match="coef_dtype"):
+        LexicoLayer(dk, dv, 4, coef_dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="window"):
+        LexicoLayer(dk, dv, 4, window=0)
+    layer = LexicoLayer(dk, dv, 4)
+    with pytest.raises(NotImplementedError):
+        layer.crop(-1)
