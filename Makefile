@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
 TORCH := torch==2.13.0
 
-.PHONY: setup chat test test-fast lint format clean
+.PHONY: setup chat test test-fast quality lint format clean
 
 setup: $(STAMP)
 
@@ -21,7 +21,10 @@ chat: setup
 	$(VENV)/bin/lexico-chat $(ARGS)
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 -m "not quality" $(PYTEST_ARGS)
+
+quality: setup
+	$(PY) -m pytest -q -p no:cacheprovider -m quality $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
