@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 
 from lexico_chat.atomic import write_atomic
 from lexico_chat.errors import LexicoError
+from lexico_chat.rope import KEY_SPACES
 
 __all__ = ["DictionaryMeta", "LexicoDictionary", "FORMAT_VERSION", "ATOM_CHOICES", "model_slug"]
 
@@ -48,6 +49,7 @@ class DictionaryMeta:
     seed: int = 0
     heldout: dict = field(default_factory=dict)  # {"keys": {"4": rre, ...}, "values": {...}}
     format_version: int = FORMAT_VERSION
+    key_space: str = "post_rope"  # what the key atoms code: "post_rope" or "pre_rope" (lexico_chat.rope)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -56,9 +58,11 @@ class DictionaryMeta:
     def from_json(cls, text: str) -> DictionaryMeta:
         data = json.loads(text)
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = names - set(data) - {"corpus", "seed", "heldout", "format_version"}
+        missing = names - set(data) - {"corpus", "seed", "heldout", "format_version", "key_space"}
         if missing:
             raise ValueError(f"metadata lacks {sorted(missing)}")
+        if data.get("key_space", "post_rope") not in KEY_SPACES:
+            raise ValueError(f"key_space must be one of {list(KEY_SPACES)}, got {data['key_space']!r}")
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
@@ -97,16 +101,22 @@ class LexicoDictionary:
         digest = hashlib.sha256()
         for tensor in (self.keys, self.values):
             digest.update(tensor.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
+        if self.meta.key_space != "post_rope":  # same atoms, other meaning (post-RoPE hashes stay as they were)
+            digest.update(self.meta.key_space.encode())
         return digest.hexdigest()
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> LexicoDictionary:
         return LexicoDictionary(self.keys.to(device, dtype), self.values.to(device, dtype), self.meta)
 
     @classmethod
-    def identity(cls, model_id: str, num_layers: int, num_kv_heads: int, head_dim: int) -> LexicoDictionary:
+    def identity(
+        cls, model_id: str, num_layers: int, num_kv_heads: int, head_dim: int, key_space: str = "post_rope"
+    ) -> LexicoDictionary:
         """The standard basis (atoms = head_dim): with sparsity = head_dim, codes are lossless."""
         eye = torch.eye(head_dim).expand(num_layers, head_dim, head_dim).contiguous()
-        meta = DictionaryMeta(model_id, num_layers, num_kv_heads, head_dim, head_dim, head_dim, corpus="identity")
+        meta = DictionaryMeta(
+            model_id, num_layers, num_kv_heads, head_dim, head_dim, head_dim, corpus="identity", key_space=key_space
+        )
         return cls(eye, eye.clone(), meta)
 
     def save(self, path: str | os.PathLike) -> Path:

@@ -24,6 +24,13 @@ def register(commands) -> None:
     p.add_argument("--update", choices=("mod", "adam"), default="mod", help="dictionary update (default mod)")
     p.add_argument("--workdir", default=None, help="checkpoint folder (default OUT.work); rerun to resume")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--key-space",
+        choices=("pre-rope", "post-rope"),
+        default="pre-rope",
+        help="code keys before RoPE (default: much lower error; attention rotates rebuilt keys) or after it",
+    )
+    p.add_argument("--values-from", default=None, metavar="DICT", help="reuse the value atoms of this dictionary")
     p.set_defaults(func=run)
 
 
@@ -42,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
         max_heldout=args.max_heldout,
         update=args.update,
         seed=args.seed,
+        key_space=args.key_space.replace("-", "_"),
+        values_from=args.values_from,
     )
     texts = read_corpus(args.corpus)
     loaded = load_model(args.model, device=args.device)

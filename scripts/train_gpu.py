@@ -43,8 +43,11 @@ def main() -> None:
         out = f"{outdir}/SmolLM2-135M-Instruct-N{atoms}.safetensors"
         note = "data/corpus/train (scripts/prepare_corpus.py --python-docs --docs-chars 1200000)"
         d = train_dictionary(loaded, texts, out, config, corpus_note=note, workdir=f"{outdir}/work-n{atoms}")
-        print(f"N={atoms}: {time.time() - start:.0f} s; held-out keys {d.meta.heldout['keys']} "
-              f"values {d.meta.heldout['values']}", flush=True)
+        print(
+            f"N={atoms}: {time.time() - start:.0f} s; held-out keys {d.meta.heldout['keys']} "
+            f"values {d.meta.heldout['values']}",
+            flush=True,
+        )
         print(f"  sampled keys {d.meta.heldout['sampled_keys']} values {d.meta.heldout['sampled_values']}", flush=True)
 
 

@@ -78,21 +78,32 @@ def default_model():
         pytest.skip(f"default model unavailable: {err}")
 
 
-def identity_dictionary(model: torch.nn.Module) -> LexicoDictionary:
+def identity_dictionary(model: torch.nn.Module, key_space: str = "post_rope") -> LexicoDictionary:
     """The lossless dictionary (standard basis) for ``model``: with sparsity = head_dim codes are exact."""
     dims = model_dims(model.config)
-    return LexicoDictionary.identity("tiny", dims.num_layers, dims.num_kv_heads, dims.head_dim)
+    return LexicoDictionary.identity("tiny", dims.num_layers, dims.num_kv_heads, dims.head_dim, key_space)
 
 
-def random_dictionary(model: torch.nn.Module, atoms: int = 64, seed: int = 0) -> LexicoDictionary:
+def random_dictionary(
+    model: torch.nn.Module, atoms: int = 64, seed: int = 0, key_space: str = "post_rope"
+) -> LexicoDictionary:
     """Random unit-norm atoms (lossy): exercises compression without a trained dictionary."""
     dims = model_dims(model.config)
     gen = torch.Generator().manual_seed(seed)
     shape = (dims.num_layers, dims.head_dim, atoms)
     keys, values = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
     keys, values = keys / keys.norm(dim=1, keepdim=True), values / values.norm(dim=1, keepdim=True)
-    meta = DictionaryMeta("tiny", dims.num_layers, dims.num_kv_heads, dims.head_dim, atoms, 4, corpus="random")
+    meta = DictionaryMeta(
+        "tiny", dims.num_layers, dims.num_kv_heads, dims.head_dim, atoms, 4, corpus="random", key_space=key_space
+    )
     return LexicoDictionary(keys, values, meta)
+
+
+def rotate_complex(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Independent RoPE (rotate-half layout): pair (x_i, x_{i+m/2}) as a complex number times e^{i angle}."""
+    half = x.shape[-1] // 2
+    z = torch.complex(x[..., :half].double(), x[..., half:].double()) * torch.polar(torch.ones_like(angles), angles)
+    return torch.cat([z.real, z.imag], dim=-1)
 
 
 def reference_generate(model: torch.nn.Module, input_ids: torch.Tensor, new_tokens: int, cache=None) -> torch.Tensor:

@@ -11,6 +11,7 @@ from lexico_chat.cache import kernels
 from lexico_chat.cache.attention import lexico_attention_forward
 from lexico_chat.cache.kernels import CompressedKV, compressed_attention
 from lexico_chat.omp import reconstruct
+from tests.conftest import rotate_complex
 
 
 def _codes(b, hkv, t, s, m, n, gen, coef_dtype=torch.float32):
@@ -68,7 +69,35 @@ DEVICES = [
 
 
 def _on(codes, device):
-    return CompressedKV(*(getattr(codes, f.name).to(device) for f in dataclasses.fields(codes)))
+    def move(value):
+        if value is None:
+            return None
+        return tuple(v.to(device) for v in value) if isinstance(value, tuple) else value.to(device)
+
+    return CompressedKV(*(move(getattr(codes, f.name)) for f in dataclasses.fields(codes)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("b,heads,hkv,q_len,tc,tb,m,n,s", CASES)
+def test_pre_rope_codes_match_dense_on_rotated_reconstruction(
+    b, heads, hkv, q_len, tc, tb, m, n, s, device, monkeypatch
+):
+    """Pre-RoPE key codes: attention rotates each rebuilt key by its own position's angles."""
+    monkeypatch.setattr(kernels, "TILE_TOKENS", 32)  # several key tiles
+    gen = torch.Generator().manual_seed(tc + tb + q_len + 1)
+    codes = _codes(b, hkv, tc, s, m, n, gen)
+    angles = torch.rand(b, 1, tc, m // 2, generator=gen, dtype=torch.float64) * 6.3
+    rope = (angles[:, 0].cos().float(), angles[:, 0].sin().float())
+    codes = dataclasses.replace(codes, key_rope=rope)
+    query = torch.randn(b, heads, q_len, m, generator=gen)
+    key_buf, value_buf = torch.randn(b, hkv, tb, m, generator=gen), torch.randn(b, hkv, tb, m, generator=gen)
+    out = compressed_attention(
+        query.to(device), key_buf.to(device), value_buf.to(device), _on(codes, device), None, scaling=m**-0.5
+    )
+    keys, values = _full_kv(codes, key_buf, value_buf)
+    keys = torch.cat([rotate_complex(keys[:, :, :tc], angles), keys[:, :, tc:].double()], 2)
+    ref = _dense_reference(query, keys, values, _causal(q_len, tc + tb), m**-0.5)
+    torch.testing.assert_close(out.cpu().double(), ref, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("device", DEVICES)

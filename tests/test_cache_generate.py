@@ -16,19 +16,22 @@ def _ids(length, batch=1, seed=1, vocab=128):
     return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-def _lossless(model, buffer=8, window=4):
+def _lossless(model, buffer=8, window=4, key_space="post_rope"):
     head_dim = model.config.head_dim
-    return LexicoCache.from_model(
-        model, identity_dictionary(model), head_dim, buffer=buffer, window=window, coef_dtype=torch.float32
-    )
+    dictionary = identity_dictionary(model, key_space)
+    return LexicoCache.from_model(model, dictionary, head_dim, buffer=buffer, window=window, coef_dtype=torch.float32)
 
 
+KEY_SPACES = ["post_rope", "pre_rope"]
+
+
+@pytest.mark.parametrize("key_space", KEY_SPACES)
 @pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_lossless_generate_equals_dynamic_cache(tiny_model, arch):
+def test_lossless_generate_equals_dynamic_cache(tiny_model, arch, key_space):
     model = tiny_model(arch)
     ids = _ids(50)
     expected = reference_generate(model, ids, 40)
-    cache = _lossless(model)
+    cache = _lossless(model, key_space=key_space)
     assert torch.equal(lexico_generate(model, ids, 40, cache), expected)
     lexico = cache.lexico_layers
     assert lexico and all(layer.compressed_length == 84 and layer.buffer_length == 5 for layer in lexico)
@@ -62,20 +65,22 @@ def test_lossy_cache_changes_logits_only_through_compression(tiny_model, arch):
     assert not torch.allclose(second, ref[:, 8:], atol=1e-4)
 
 
+@pytest.mark.parametrize("key_space", KEY_SPACES)
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_multi_turn_equals_one_dynamic_cache_run(tiny_model, arch):
+def test_multi_turn_equals_one_dynamic_cache_run(tiny_model, arch, key_space):
     model = tiny_model(arch)
-    cache = _lossless(model)
+    cache = _lossless(model, key_space=key_space)
     turn1 = lexico_generate(model, _ids(30), 12, cache)
     prompt2 = torch.cat([turn1, _ids(9, seed=2)], dim=1)  # the user's next message
     turn2 = lexico_generate(model, prompt2, 20, cache)
     assert torch.equal(turn2, reference_generate(model, prompt2, 20))
 
 
-def test_successive_forwards_equal_one_full_forward(tiny_model):
+@pytest.mark.parametrize("key_space", KEY_SPACES)
+def test_successive_forwards_equal_one_full_forward(tiny_model, key_space):
     model = tiny_model("mistral")
     ids = _ids(64)
-    cache = _lossless(model, buffer=0, window=4)
+    cache = _lossless(model, buffer=0, window=4, key_space=key_space)
     with torch.inference_mode():
         full = model(ids).logits
         parts = [model(ids[:, a:b], past_key_values=cache).logits for a, b in ((0, 20), (20, 21), (21, 50), (50, 64))]
@@ -83,14 +88,16 @@ def test_successive_forwards_equal_one_full_forward(tiny_model):
     assert cache.get_seq_length() == 64 and cache.memory().buffer_tokens == 0
 
 
-def test_left_padded_batch_equals_dynamic_cache(tiny_model):
-    """Padding masks reach compressed tokens: a left-padded batch generates as with DynamicCache."""
+@pytest.mark.parametrize("key_space", KEY_SPACES)
+def test_left_padded_batch_equals_dynamic_cache(tiny_model, key_space):
+    """Padding masks reach compressed tokens: a left-padded batch generates as with DynamicCache (pre-RoPE
+    codes are un-rotated and re-rotated by each row's own positions, which padding shifts)."""
     model = tiny_model("llama")
     ids = _ids(24, batch=2)
     mask = torch.ones_like(ids)
     mask[1, :7] = 0
     expected = _generate_masked(model, ids, mask, None)
-    got = _generate_masked(model, ids, mask, _lossless(model))
+    got = _generate_masked(model, ids, mask, _lossless(model, key_space=key_space))
     assert torch.equal(got, expected)
 
 
@@ -114,13 +121,14 @@ def _generate_masked(model, ids, mask, cache):
     return out
 
 
-def test_chunked_prefill_matches_full_forward(tiny_model):
+@pytest.mark.parametrize("key_space", KEY_SPACES)
+def test_chunked_prefill_matches_full_forward(tiny_model, key_space):
     model = tiny_model("llama")
     ids = _ids(300)
     with torch.inference_mode():
         full = model(ids).logits[:, -1]
     seen = []
-    cache = _lossless(model, buffer=16, window=8)
+    cache = _lossless(model, buffer=16, window=8, key_space=key_space)
     last = prefill(model, ids, cache, chunk_size=64, progress=seen.append)
     torch.testing.assert_close(last, full, rtol=1e-4, atol=1e-4)
     assert seen == [64, 64, 64, 64, 44]

@@ -14,8 +14,12 @@ from lexico_chat.engine.types import SamplingConfig
 pytestmark = [pytest.mark.slow, pytest.mark.quality]
 
 FACTS = [  # (sentence, question, expected answer fragment, depth)
-    ("The secret password for the blue door is pelican.", "What is the secret password for the blue door?",
-     "pelican", 0.1),
+    (
+        "The secret password for the blue door is pelican.",
+        "What is the secret password for the blue door?",
+        "pelican",
+        0.1,
+    ),
     ("Doctor Mira Okafor invented the glass bicycle in 1911.", "Who invented the glass bicycle?", "Okafor", 0.5),
     ("The lighthouse keeper's cat is called Biscuit.", "What is the lighthouse keeper's cat called?", "Biscuit", 0.9),
 ]

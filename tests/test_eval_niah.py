@@ -132,7 +132,7 @@ def test_niah_rows_and_scoring_with_fake_sessions(tmp_path):
 
 def test_niah_through_chat_sessions_on_a_tiny_model(tiny_model):
     from lexico_chat.engine.options import SessionOptions
-    from lexico_chat.engine.session import ChatSession
+    from lexico_chat.engine.session import ChatSession, document_prompt
     from lexico_chat.engine.template import render
     from lexico_chat.engine.types import Message
     from lexico_chat.evals.niah import QUESTION
@@ -146,9 +146,7 @@ def test_niah_through_chat_sessions_on_a_tiny_model(tiny_model):
     # the full-cache reply is the greedy continuation of exactly the ask_document prompt
     document = plant_needle(tokenizer, HAYSTACK, 150, 0.5, NEEDLE.format(number=needle_number(3, 0)))
     session = ChatSession(loaded, SessionOptions(cache="full"), dictionary=None)
-    prompt = render(
-        tokenizer, session.transcript + [Message("user", f"Here is a document:\n\n{document}\n\n{QUESTION}")]
-    )
+    prompt = render(tokenizer, session.transcript + [Message("user", document_prompt(document, QUESTION))])
     ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
     generated = reference_generate(model, ids, 6)[0, ids.shape[1] :].tolist()
     stops = [i for i, token in enumerate(generated) if token in session.stop_ids]

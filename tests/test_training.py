@@ -117,3 +117,25 @@ def test_trainer_refuses_other_settings_in_workdir(tiny, tmp_path):
 def test_config_ranges(kwargs, match):
     with pytest.raises(LexicoError, match=match):
         TrainConfig(**kwargs)
+
+
+def test_pre_rope_keys_with_values_from_another_dictionary(tiny, tmp_path):
+    """--key-space pre-rope fits keys on un-rotated vectors; --values-from copies the donor's value atoms."""
+    config = TrainConfig(
+        atoms=32, sparsity=4, iters=2, max_vectors=600, max_heldout=200, window=128, heldout_every=4, max_tokens=3000
+    )
+    donor = train_dictionary(tiny, TEXTS, tmp_path / "post.safetensors", config)
+    pre_config = TrainConfig(
+        **{**config.__dict__, "key_space": "pre_rope", "values_from": str(tmp_path / "post.safetensors")}
+    )
+    pre = train_dictionary(tiny, TEXTS, tmp_path / "pre.safetensors", pre_config)
+    loaded = LexicoDictionary.load(tmp_path / "pre.safetensors")
+    assert loaded.meta.key_space == "pre_rope" and donor.meta.key_space == "post_rope"
+    assert torch.equal(loaded.values, LexicoDictionary.load(tmp_path / "post.safetensors").values)
+    assert not torch.allclose(pre.keys, donor.keys)
+    assert loaded.fingerprint() != LexicoDictionary(loaded.keys, loaded.values, donor.meta).fingerprint()
+    wrong = TrainConfig(**{**pre_config.__dict__, "atoms": 16, "max_vectors": 600})
+    with pytest.raises(LexicoError, match="N=32 atoms"):
+        train_dictionary(tiny, TEXTS, tmp_path / "x.safetensors", wrong)
+    with pytest.raises(LexicoError, match="--key-space"):
+        TrainConfig(key_space="rotated")

@@ -24,6 +24,7 @@ from lexico_chat.cache.memory import CacheMemory, cache_memory
 from lexico_chat.dictionary import LexicoDictionary
 from lexico_chat.errors import LexicoError
 from lexico_chat.models import model_dims
+from lexico_chat.rope import RopeProbe, RopeTable, probe_for
 
 __all__ = ["LexicoCache", "COMPRESSED_LAYER_TYPES"]
 
@@ -42,6 +43,9 @@ class LexicoCache(Cache):
     buffer, window : full-precision recent tokens, and tokens compressed at a time.
     coef_dtype : coefficient storage dtype (float8_e4m3fn, float16 or float32).
     select_dtype : dtype OMP uses to choose atoms.
+    rope_probe : the model's ``RopeProbe`` (``lexico_chat.rope.probe_for(model)``), needed when the
+        dictionary codes pre-RoPE keys; ``from_model`` passes it. The cache then holds one shared
+        ``RopeTable`` (the rotation of every token), counted in ``memory()``.
     """
 
     def __init__(
@@ -54,7 +58,16 @@ class LexicoCache(Cache):
         window: int = 32,
         coef_dtype: torch.dtype = torch.float8_e4m3fn,
         select_dtype: torch.dtype = torch.bfloat16,
+        rope_probe: RopeProbe | None = None,
     ) -> None:
+        self.rope_table: RopeTable | None = None
+        if dictionary.meta.key_space == "pre_rope":
+            if rope_probe is None:
+                raise LexicoError(
+                    "a pre-RoPE key dictionary needs the model's rotary probe: use LexicoCache.from_model"
+                )
+            self.rope_table = RopeTable()
+        rope = None if self.rope_table is None else (self.rope_table, rope_probe)
         layer_types, layer_kwargs = _layer_plan(config, dictionary.meta.num_layers)
         if len(layer_types) != dictionary.meta.num_layers:
             raise LexicoError(
@@ -73,6 +86,7 @@ class LexicoCache(Cache):
                         window=window,
                         coef_dtype=coef_dtype,
                         select_dtype=select_dtype,
+                        rope=rope,
                     )
                 )
             else:
@@ -101,7 +115,8 @@ class LexicoCache(Cache):
                 f"buffer must be >= 0 and window >= 1, got buffer={kwargs.get('buffer')}, window={kwargs.get('window')}"
             )
         use_lexico_attention(model)
-        return cls(dictionary, sparsity, config=model.config, **kwargs)
+        probe = probe_for(model) if meta.key_space == "pre_rope" else None
+        return cls(dictionary, sparsity, config=model.config, rope_probe=probe, **kwargs)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         """Delegate to the layer; refuses to run under an attention that would ignore compressed tokens."""
@@ -119,7 +134,29 @@ class LexicoCache(Cache):
 
     def memory(self) -> CacheMemory:
         """Exact bytes held by the cache, per layer and in total (see ``lexico_chat.cache.memory``)."""
-        return cache_memory(self.layers)
+        return cache_memory(self.layers, self.rope_table)
+
+    # the shared rotary table follows every whole-cache change of tokens or batch rows
+    def reset(self) -> None:
+        super().reset()
+        if self.rope_table is not None:
+            self.rope_table.reset()
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        if self.rope_table is not None:
+            self.rope_table.select_batch(indices)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        if self.rope_table is not None:
+            self.rope_table.select_batch(beam_idx)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        if self.rope_table is not None and self.rope_table.length:
+            batch = self.rope_table.view()[0].shape[0]
+            self.rope_table.select_batch(torch.arange(batch).repeat_interleave(repeats))
 
 
 def _layer_plan(config, num_layers: int) -> tuple[Sequence[str], Sequence[dict]]:

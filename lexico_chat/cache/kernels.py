@@ -10,6 +10,12 @@ and for attention weights a_t over compressed values:
 
 Compressed and buffer scores share one softmax.
 
+Pre-RoPE key codes (``key_rope`` set) cannot use the table: the rotation of token t depends on its
+position, so q · R(p_t) D_k c_t is not a lookup in one (N,) table. Their keys are rebuilt
+``TILE_TOKENS`` at a time (``embedding_bag``, s atoms per token), rotated, and scored with one GEMM per
+tile; the tile is freed at once, so memory stays bounded by one tile, at O(T·s·m) work per query row
+instead of O(N·m + T·s).
+
 * Scores: the (rows, N) tables of every KV head are stacked into one (heads·N, rows) table and each
   compressed token's score row is a weighted sum of s table rows — exactly what ``embedding_bag``
   (mode "sum", per-sample weights) computes in one fused call, without a (rows, T, s) intermediate.
@@ -29,6 +35,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from lexico_chat.rope import rotate
 
 __all__ = [
     "CompressedKV",
@@ -54,6 +62,8 @@ class CompressedKV:
     key_indices, value_indices : (batch, kv_heads, T, s) integer atom indices (int16 as stored).
     key_coefs, value_coefs : (batch, kv_heads, T, s) coefficients (any float dtype, fp8 included).
     key_dictionary, value_dictionary : (head_dim, N) float32 atoms on the same device.
+    key_rope : None for post-RoPE key codes; for pre-RoPE codes the half-width (cos, sin) of the
+        compressed tokens, each (batch, T, head_dim / 2) float32.
     """
 
     key_indices: torch.Tensor
@@ -62,6 +72,7 @@ class CompressedKV:
     value_coefs: torch.Tensor
     key_dictionary: torch.Tensor
     value_dictionary: torch.Tensor
+    key_rope: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def length(self) -> int:
@@ -78,6 +89,7 @@ class CompressedKV:
             value_coefs,
             self.key_dictionary,
             self.value_dictionary,
+            self.key_rope,
         )
 
 
@@ -163,7 +175,8 @@ def compressed_attention(
     -------
     (b, q_len, heads, m) in ``query.dtype``.
     """
-    if query.is_cuda and query.shape[2] == 1:  # fused Triton decode kernel when available (lexico_chat.gpu)
+    pre_rope = compressed is not None and compressed.key_rope is not None
+    if query.is_cuda and query.shape[2] == 1 and not pre_rope:  # fused Triton decode (lexico_chat.gpu)
         from lexico_chat.gpu import try_decode_attention
 
         out = try_decode_attention(
@@ -205,7 +218,7 @@ def _attend(q5, k32, v32, codes: CompressedKV | None, bias, softcap, sparse: boo
     n_comp = codes.length if codes is not None else 0
     parts = [flat @ k32.transpose(-1, -2)]  # (b, hkv, G, Tb)
     if codes is not None:
-        parts.insert(0, _compressed_scores(flat, codes))
+        parts.insert(0, _compressed_scores(flat, codes) if codes.key_rope is None else _rope_scores(flat, codes))
     scores = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
     scores = scores.view(b, hkv, g, r, -1)
     if softcap is not None:
@@ -233,6 +246,20 @@ def _compressed_scores(flat: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
         bags, table, per_sample_weights=codes.key_coefs.reshape(b * hkv * t, s), mode="sum"
     )  # (b * hkv * T, G)
     return scores.view(b, hkv, t, rows).transpose(-1, -2)
+
+
+def _rope_scores(flat: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
+    # flat: (b, hkv, G, m) -> (b, hkv, G, T); keys rebuilt and rotated one tile at a time
+    atoms = codes.key_dictionary.t()  # (N, m), contiguous when the layer stores pre-RoPE atoms so
+    atoms = atoms if atoms.is_contiguous() else atoms.contiguous()
+    cos, sin = codes.key_rope
+    parts = []
+    for start in range(0, codes.length, TILE_TOKENS):
+        stop = start + TILE_TOKENS
+        tile = _rebuild(codes.key_indices[:, :, start:stop].int(), codes.key_coefs[:, :, start:stop], atoms)
+        keys = rotate(tile, cos[:, None, start:stop], sin[:, None, start:stop])  # (b, hkv, t, m)
+        parts.append(flat @ keys.transpose(-1, -2))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
 
 def _sparse_values(probs: torch.Tensor, codes: CompressedKV) -> torch.Tensor:

@@ -3,7 +3,8 @@
 ``update(k, v)`` appends the new (post-RoPE) states to the buffer; once the buffer holds more than
 ``buffer`` tokens its oldest whole windows of ``window`` tokens (or all of it, if that is fewer) are
 sparse-coded by one batched OMP call for keys and one for values, over every batch row, head and
-token at once, and moved to the compressed store. It returns the buffer's keys and values, tagged
+token at once, and moved to the compressed store. With a pre-RoPE key dictionary (``rope`` given) keys
+are un-rotated by their own rotation before OMP (``lexico_chat.rope``). It returns the buffer's keys and values, tagged
 with the layer itself (attribute ``LAYER_TAG`` on the returned key tensor) so that the registered
 "lexico" attention finds the compressed store of exactly this layer (see ``attention.py``).
 """
@@ -18,6 +19,7 @@ from transformers.cache_utils import CacheLayerMixin
 from lexico_chat.cache.kernels import CompressedKV
 from lexico_chat.cache.store import CodeStore, TokenBuffer
 from lexico_chat.omp import omp
+from lexico_chat.rope import RopeProbe, RopeTable, unrotate
 
 __all__ = ["LexicoLayer", "LAYER_TAG", "COEF_DTYPES"]
 
@@ -37,6 +39,8 @@ class LexicoLayer(CacheLayerMixin):
     window : tokens compressed at a time (>= 1).
     coef_dtype : storage dtype of coefficients, one of ``COEF_DTYPES``.
     select_dtype : dtype OMP uses to choose atoms (see ``lexico_chat.omp.omp``).
+    rope : (table, probe) for a pre-RoPE key dictionary: the cache's shared ``RopeTable`` and the model's
+        ``RopeProbe``; None (default) when the key atoms code post-RoPE keys.
     """
 
     is_sliding = False
@@ -53,6 +57,7 @@ class LexicoLayer(CacheLayerMixin):
         window: int = 32,
         coef_dtype: torch.dtype = torch.float8_e4m3fn,
         select_dtype: torch.dtype = torch.bfloat16,
+        rope: tuple[RopeTable, RopeProbe] | None = None,
     ) -> None:
         super().__init__()
         head_dim, atoms = key_dictionary.shape
@@ -67,6 +72,7 @@ class LexicoLayer(CacheLayerMixin):
         self.sparsity, self.buffer, self.window = sparsity, buffer, window
         self.coef_dtype, self.select_dtype = coef_dtype, select_dtype
         self._source = (key_dictionary, value_dictionary)
+        self.rope_table, self.rope_probe = rope if rope is not None else (None, None)
         self.key_dictionary: torch.Tensor | None = None
         self.value_dictionary: torch.Tensor | None = None
 
@@ -76,8 +82,10 @@ class LexicoLayer(CacheLayerMixin):
         if m != self._source[0].shape[0]:
             raise ValueError(f"dictionary head_dim {self._source[0].shape[0]} does not match the model's {m}")
         self.dtype, self.device = key_states.dtype, key_states.device
-        self.key_dictionary = self._source[0].to(self.device, torch.float32).contiguous()
-        # (head_dim, N) view of a contiguous (N, head_dim) tensor: attention reads value atoms as rows
+        # (head_dim, N) view of a contiguous (N, head_dim) tensor where attention reads atoms as rows
+        # (values, and pre-RoPE keys, which it rebuilds); post-RoPE key atoms feed one GEMM as (m, N)
+        keys = self._source[0].to(self.device, torch.float32)
+        self.key_dictionary = keys.t().contiguous().t() if self.rope_table is not None else keys.contiguous()
         self.value_dictionary = self._source[1].to(self.device, torch.float32).t().contiguous().t()
         self.key_codes = CodeStore(b, h, self.sparsity, self.coef_dtype, self.device)
         self.value_codes = CodeStore(b, h, self.sparsity, self.coef_dtype, self.device)
@@ -91,6 +99,8 @@ class LexicoLayer(CacheLayerMixin):
         """Append (batch, kv_heads, t, head_dim) states; return the buffer's keys (tagged) and values."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
+        if self.rope_table is not None:
+            self.rope_table.ensure(self.get_seq_length(), key_states.shape[2], self.rope_probe, key_states.shape[0])
         self.key_buffer.append(key_states)
         self.value_buffer.append(value_states)
         count = self._due()
@@ -115,6 +125,10 @@ class LexicoLayer(CacheLayerMixin):
         ):
             front = states.front(count)  # (b, h, count, m)
             b, h, _, m = front.shape
+            if states is self.key_buffer and self.rope_table is not None:
+                start = self.compressed_length
+                cos, sin = self.rope_table.view(start, start + count)  # (b, count, m/2)
+                front = unrotate(front.float(), cos.unsqueeze(1), sin.unsqueeze(1))
             idx, coef = omp(front.reshape(b * h * count, m), dictionary, self.sparsity, select_dtype=self.select_dtype)
             store.append(idx.view(b, h, count, self.sparsity), coef.view(b, h, count, self.sparsity))
             states.drop_front(count)
@@ -131,7 +145,10 @@ class LexicoLayer(CacheLayerMixin):
         """The compressed tokens (views of the stores, no copy) with this layer's fp32 dictionaries."""
         key_idx, key_coef = self.key_codes.view()
         value_idx, value_coef = self.value_codes.view()
-        return CompressedKV(key_idx, key_coef, value_idx, value_coef, self.key_dictionary, self.value_dictionary)
+        rope = None if self.rope_table is None else self.rope_table.view(0, self.compressed_length)
+        return CompressedKV(
+            key_idx, key_coef, value_idx, value_coef, self.key_dictionary, self.value_dictionary, key_rope=rope
+        )
 
     def get_seq_length(self) -> int:
         return self.compressed_length + self.buffer_length

@@ -10,7 +10,9 @@ Figures (bytes):
 * ``fp16_bytes``: what an fp16 cache of the same tokens per layer would take (2 x tokens x heads x
   head_dim x 2 bytes, per batch row).
 * ``dictionary_bytes``: the per-layer dictionaries as cast on the device (fp32), reported apart.
-* ``kv_fraction = (compressed_bytes + buffer_bytes) / fp16_bytes``.
+* ``rope_bytes``: with a pre-RoPE key dictionary, the rotation (cos, sin) of every token, shared by
+  all layers (``lexico_chat.rope.RopeTable``); 0 otherwise. A per-token cost, so counted as KV.
+* ``kv_fraction = (compressed_bytes + buffer_bytes + rope_bytes) / fp16_bytes``.
 """
 
 from __future__ import annotations
@@ -54,15 +56,23 @@ class CacheMemory:
     compressed_tokens: int
     buffer_tokens: int
     layers: tuple[LayerMemory, ...]
+    rope_bytes: int = 0
+    rope_allocated_bytes: int = 0
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of every per-token tensor: compressed codes, buffers and the rotary table."""
+        return self.compressed_bytes + self.buffer_bytes + self.rope_bytes
 
     @property
     def kv_fraction(self) -> float:
-        """(compressed + buffer) / fp16 bytes; 0.0 for an empty cache."""
-        return (self.compressed_bytes + self.buffer_bytes) / self.fp16_bytes if self.fp16_bytes else 0.0
+        """kv_bytes / fp16 bytes; 0.0 for an empty cache."""
+        return self.kv_bytes / self.fp16_bytes if self.fp16_bytes else 0.0
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         data["kv_fraction"] = self.kv_fraction
+        data["kv_bytes"] = self.kv_bytes
         return data
 
 
@@ -106,8 +116,8 @@ def layer_memory(index: int, layer) -> LayerMemory:
     return LayerMemory(index, "dense", 0, tokens, 0, 0, held, storage, fp16, 0)
 
 
-def cache_memory(layers) -> CacheMemory:
-    """Sum ``layer_memory`` over ``layers`` (a cache's ``.layers`` list)."""
+def cache_memory(layers, rope_table=None) -> CacheMemory:
+    """Sum ``layer_memory`` over ``layers`` (a cache's ``.layers`` list), plus a shared ``RopeTable``."""
     per = tuple(layer_memory(i, layer) for i, layer in enumerate(layers))
     lexico = [p for p in per if p.kind == "lexico"]
     return CacheMemory(
@@ -120,4 +130,6 @@ def cache_memory(layers) -> CacheMemory:
         compressed_tokens=max((p.compressed_tokens for p in lexico), default=0),
         buffer_tokens=max((p.buffer_tokens for p in lexico), default=0),
         layers=per,
+        rope_bytes=0 if rope_table is None else rope_table.nbytes(),
+        rope_allocated_bytes=0 if rope_table is None else rope_table.nbytes(False),
     )

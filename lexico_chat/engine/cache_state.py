@@ -2,7 +2,8 @@
 
 LexicoLayer: compressed codes (indices, coefficients) and the full-precision buffer, keys and values.
 Other layers (DynamicLayer, DynamicSlidingWindowLayer): their held keys and values, plus the number
-of tokens they have seen (sliding layers keep only a window of them).
+of tokens they have seen (sliding layers keep only a window of them). A cache with a pre-RoPE key
+dictionary also saves its rotary table (``rope.cos``, ``rope.sin``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ def export_cache(cache) -> tuple[dict[str, torch.Tensor], list[dict]]:
             tensors[f"layer{i}.keys"] = layer.keys.detach().contiguous().cpu()
             tensors[f"layer{i}.values"] = layer.values.detach().contiguous().cpu()
             facts.append({"kind": "dense", "seen": int(layer.get_seq_length())})
+    table = getattr(cache, "rope_table", None)
+    if table is not None and table.length:
+        cos, sin = table.view()
+        tensors["rope.cos"], tensors["rope.sin"] = cos.contiguous().cpu(), sin.contiguous().cpu()
     return tensors, facts
 
 
@@ -42,6 +47,11 @@ def import_cache(cache, tensors: dict[str, torch.Tensor], facts: list[dict], dev
     """Fill an empty ``cache`` (same model and settings) from ``export_cache`` output."""
     if len(facts) != len(cache.layers):
         raise ValueError(f"saved cache has {len(facts)} layers, this model {len(cache.layers)}")
+    table = getattr(cache, "rope_table", None)
+    if (table is not None) != ("rope.cos" in tensors):
+        raise ValueError("saved cache and this cache disagree on pre-RoPE key coding")
+    if table is not None:
+        table.append(tensors["rope.cos"].to(device), tensors["rope.sin"].to(device))
     for i, (layer, fact) in enumerate(zip(cache.layers, facts)):
         if fact["kind"] == "empty":
             continue

@@ -23,9 +23,21 @@ from lexico_chat.errors import LexicoError
 from lexico_chat.models import LoadedModel
 from lexico_chat.textfile import read_text
 
-__all__ = ["ChatSession"]
+__all__ = ["ChatSession", "document_prompt"]
 
 logger = logging.getLogger(__name__)
+
+
+def document_prompt(document: str, question: str) -> str:
+    """The user message for a question about a document: the question both before the document (so
+    the model reads with it in mind) and after it. On the default model this finds 2 of 3 facts
+    planted in 3,000 tokens of essays with the full cache, where the question after the document
+    alone found none (tests/test_engine_facts.py)."""
+    question = question.strip() or "Summarise this document."
+    return (
+        f"Answer a question about the document below.\nQuestion: {question}\n\nDocument:\n{document.strip()}"
+        f"\n\nQuestion: {question}\nAnswer using the document."
+    )
 
 
 class ChatSession:
@@ -97,9 +109,7 @@ class ChatSession:
         progress: Callable[[IngestProgress], None] | None = None,
     ) -> Iterator[str]:
         """Read a UTF-8 document, ask ``question`` about it, stream the reply."""
-        document = read_text(path)
-        question = question.strip() or "Summarise this document."
-        content = f"Here is a document:\n\n{document.strip()}\n\n{question}"
+        content = document_prompt(read_text(path), question)
         return self._turn(Message("user", content), sampling or SamplingConfig(), progress)
 
     def _turn(self, message: Message, sampling: SamplingConfig, progress) -> Iterator[str]:

@@ -13,12 +13,14 @@ __all__ = ["session_stats"]
 
 def session_stats(session) -> SessionStats:
     """Figures of ``session`` (a ChatSession) now."""
-    memory = cache_memory(session.cache.layers)
+    cache = session.cache
+    memory = cache.memory() if hasattr(cache, "memory") else cache_memory(cache.layers)
     device = session.device
     gpu_index = device.index or 0 if device.type == "cuda" else 0
     used, total = gpu_memory(gpu_index)
     allocated = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
-    kv = memory.compressed_bytes + memory.buffer_bytes
+    kv = memory.kv_bytes
+    compressed = memory.compressed_bytes + memory.rope_bytes  # a pre-RoPE cache's rotary table is part of its codes
     options = session.options
     lexico = options.cache == "lexico"
     layers = tuple(
@@ -27,7 +29,7 @@ def session_stats(session) -> SessionStats:
     )
     return SessionStats(
         kv_bytes=kv,
-        compressed_bytes=memory.compressed_bytes,
+        compressed_bytes=compressed,
         buffer_bytes=memory.buffer_bytes,
         fp16_bytes=memory.fp16_bytes,
         kv_fraction=kv / memory.fp16_bytes if memory.fp16_bytes else 1.0,
@@ -48,5 +50,5 @@ def session_stats(session) -> SessionStats:
         sparsity=options.sparsity if lexico else None,
         atoms=session.dictionary.meta.atoms if lexico else None,
         layers=layers,
-        allocated_bytes=memory.allocated_bytes + memory.buffer_allocated_bytes,
+        allocated_bytes=memory.allocated_bytes + memory.buffer_allocated_bytes + memory.rope_allocated_bytes,
     )

@@ -89,7 +89,7 @@ def lexico_kv_fraction(memory, element_size: int) -> float:
     """
     if not memory.fp16_bytes:
         return 0.0
-    return (memory.compressed_bytes + memory.buffer_bytes * 2 / element_size) / memory.fp16_bytes
+    return (memory.compressed_bytes + memory.rope_bytes + memory.buffer_bytes * 2 / element_size) / memory.fp16_bytes
 
 
 @contextlib.contextmanager

@@ -182,7 +182,7 @@ def _prefill_seconds(setup: dict, ids: torch.Tensor, name: str) -> float:
 def _cache_bytes(cache) -> int:
     if hasattr(cache, "memory"):
         mem = cache.memory()
-        return mem.compressed_bytes + mem.buffer_bytes
+        return mem.kv_bytes
     return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
 
 

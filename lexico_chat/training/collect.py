@@ -1,4 +1,4 @@
-"""Collecting post-RoPE keys and values from forward passes over a corpus."""
+"""Collecting keys (post- or pre-RoPE, see ``lexico_chat.rope``) and values from forward passes over a corpus."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from transformers import DynamicCache
 
 from lexico_chat.errors import LexicoError
+from lexico_chat.rope import probe_for, unrotate
 
 __all__ = ["KVSample", "collect_kv", "token_windows"]
 
@@ -44,14 +45,20 @@ def token_windows(tokenizer, texts: list[str], window: int) -> list[torch.Tensor
 
 
 @torch.inference_mode()
-def _window_kv(model, ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    # ids: (T,) -> per layer (keys (H*T, m), values (H*T, m)) as the cache receives them (keys post-RoPE)
+def _window_kv(model, ids: torch.Tensor, key_space: str = "post_rope") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    # ids: (T,) -> per layer (keys (H*T, m), values (H*T, m)); keys as the cache receives them (post-RoPE)
+    # or un-rotated by the very rotation the model applied (pre-RoPE)
     device = next(model.parameters()).device
     cache = DynamicCache(config=model.config)
+    probe = probe_for(model) if key_space == "pre_rope" else None
     model(input_ids=ids.unsqueeze(0).to(device), past_key_values=cache, use_cache=True)
+    layer_types = getattr(model.config.get_text_config(decoder=True), "layer_types", None)
     out = []
-    for layer in cache.layers:
-        k, v = layer.keys[0], layer.values[0]  # (H, T', m)
+    for i, layer in enumerate(cache.layers):
+        k, v = layer.keys[0], layer.values[0]  # (H, T', m); sliding layers keep the last T' tokens
+        if probe is not None:
+            cos, sin = probe.latest(layer_types[i] if layer_types else None)
+            k = unrotate(k.float(), cos[0, -k.shape[1] :], sin[0, -k.shape[1] :])
         out.append((k.reshape(-1, k.shape[-1]).float().cpu(), v.reshape(-1, v.shape[-1]).float().cpu()))
     return out
 
@@ -64,6 +71,7 @@ def collect_kv(
     heldout_every: int = 10,
     max_heldout: int = 8192,
     seed: int = 0,
+    key_space: str = "post_rope",
     progress: Callable[[int], None] | None = None,
 ) -> KVSample:
     """Run the model over ``windows`` and keep a uniform random sample of K/V vectors per layer.
@@ -83,7 +91,7 @@ def collect_kv(
     held: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
     for i, ids in enumerate(windows):
         is_held = held_out[i]
-        per_layer = _window_kv(model, ids)
+        per_layer = _window_kv(model, ids, key_space)
         keep = torch.rand(per_layer[0][0].shape[0], generator=gen) < (p_held if is_held else p_train)
         (held if is_held else train).append([(k[keep].half(), v[keep].half()) for k, v in per_layer])
         if progress:

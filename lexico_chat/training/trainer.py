@@ -28,6 +28,7 @@ from lexico_chat.atomic import write_atomic
 from lexico_chat.dictionary import DictionaryMeta, LexicoDictionary
 from lexico_chat.errors import LexicoError
 from lexico_chat.models import LoadedModel
+from lexico_chat.rope import KEY_SPACES
 from lexico_chat.training.collect import KVSample, collect_kv, token_windows
 from lexico_chat.training.fit import fit_dictionary, relative_error, sampled_dictionary
 
@@ -51,12 +52,16 @@ class TrainConfig:
     heldout_every: int = 10
     update: str = "mod"
     seed: int = 0
+    key_space: str = "post_rope"  # "pre_rope": code keys before their rotation (lexico_chat.rope)
+    values_from: str | None = None  # take value dictionaries from this file instead of fitting them
 
     def __post_init__(self) -> None:
         if self.atoms < 2 or self.atoms > 32767:
             raise LexicoError(f"--atoms must be in [2, 32767], got {self.atoms}")
         if not 1 <= self.sparsity <= 64:
             raise LexicoError(f"--sparsity must be in [1, 64], got {self.sparsity}")
+        if self.key_space not in KEY_SPACES:
+            raise LexicoError(f"--key-space must be one of {list(KEY_SPACES)}, got {self.key_space!r}")
         if self.max_vectors < self.atoms:
             raise LexicoError(f"--max-vectors ({self.max_vectors}) must be at least --atoms ({self.atoms})")
 
@@ -78,12 +83,14 @@ def train_dictionary(
     dims = loaded.dims
     if config.sparsity > dims.head_dim:
         raise LexicoError(f"--sparsity must be at most head_dim={dims.head_dim}, got {config.sparsity}")
+    donor = _values_donor(config, loaded.model_id, dims)
     work = Path(workdir) if workdir else Path(f"{out}.work")
     _check_workdir(work, config, loaded.model_id)
     sample = _load_or_collect(loaded, texts, config, work, progress)
     per_layer = []
     for layer in range(dims.num_layers):
-        per_layer.append(_fit_layer(sample, layer, config, work, progress, device=loaded.model.device))
+        values = None if donor is None else donor.values[layer].float()
+        per_layer.append(_fit_layer(sample, layer, config, work, progress, device=loaded.model.device, values=values))
     keys = torch.stack([p[0] for p in per_layer])
     values = torch.stack([p[1] for p in per_layer])
     heldout = _summarise([p[2] for p in per_layer])
@@ -98,6 +105,7 @@ def train_dictionary(
         f"{json.dumps(dataclasses.asdict(config))})".strip(),
         seed=config.seed,
         heldout=heldout,
+        key_space=config.key_space,
     )
     dictionary = LexicoDictionary(keys, values, meta)
     dictionary.save(out)
@@ -145,6 +153,7 @@ def _load_or_collect(loaded: LoadedModel, texts, config: TrainConfig, work: Path
         heldout_every=config.heldout_every,
         max_heldout=config.max_heldout,
         seed=config.seed,
+        key_space=config.key_space,
         progress=step,
     )
     if sample.keys.shape[1] < config.atoms:
@@ -175,7 +184,23 @@ def _pick_windows(windows: list[torch.Tensor], config: TrainConfig) -> list[torc
     return picked
 
 
-def _fit_layer(sample: KVSample, layer: int, config: TrainConfig, work: Path, progress, device=None):
+def _values_donor(config: TrainConfig, model_id: str, dims) -> LexicoDictionary | None:
+    """The dictionary whose value atoms ``--values-from`` reuses, checked against the model and N."""
+    if config.values_from is None:
+        return None
+    donor = LexicoDictionary.load(config.values_from)
+    donor.check_model(model_id, dims.num_layers, dims.num_kv_heads, dims.head_dim, source=config.values_from)
+    if donor.meta.atoms != config.atoms:
+        raise LexicoError(
+            f"--values-from {config.values_from} has N={donor.meta.atoms} atoms, not --atoms {config.atoms}"
+        )
+    return donor
+
+
+def _fit_layer(
+    sample: KVSample, layer: int, config: TrainConfig, work: Path, progress, device=None, values=None
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Fit (or resume) one layer's dictionaries; ``values`` (m, N), if given, is used instead of fitting."""
     path = work / f"layer_{layer:03d}.safetensors"
     if path.is_file():
         with safe_open(str(path), framework="pt") as fh:
@@ -192,9 +217,12 @@ def _fit_layer(sample: KVSample, layer: int, config: TrainConfig, work: Path, pr
                 progress(f"layer {layer} {kind} rre {rre:.3f}", it + 1, config.iters)
 
         x, x_held = train[layer].to(device), held[layer][: config.max_heldout].to(device)
-        d = fit_dictionary(
-            x, config.atoms, config.sparsity, iters=config.iters, seed=seed, update=config.update, step=step
-        )
+        if kind == "values" and values is not None:
+            d = values.to(device)
+        else:
+            d = fit_dictionary(
+                x, config.atoms, config.sparsity, iters=config.iters, seed=seed, update=config.update, step=step
+            )
         baseline = sampled_dictionary(x, config.atoms, seed)
         fitted[kind] = d.contiguous().cpu()
         errors[kind] = _heldout_errors(x_held, d)

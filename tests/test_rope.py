@@ -1,0 +1,80 @@
+"""Pre-RoPE key coding: rotation helpers, the model probe, the shared table, collection and saved state."""
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from lexico_chat.cache import LexicoCache
+from lexico_chat.engine.cache_state import export_cache, import_cache
+from lexico_chat.models import model_dims
+from lexico_chat.rope import RopeTable, probe_for, rotate, unrotate
+from lexico_chat.training.collect import _window_kv
+from tests.conftest import lexico_generate, random_dictionary, rotate_complex
+
+
+@pytest.mark.parametrize("scale", [1.0, 1.37])  # attention scaling multiplies cos and sin (YaRN, LongRoPE)
+def test_rotate_matches_complex_reference_and_unrotate_inverts(scale):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 16, generator=gen, dtype=torch.float64)
+    angles = torch.rand(5, 8, generator=gen, dtype=torch.float64) * 7
+    cos, sin = angles.cos() * scale, angles.sin() * scale
+    torch.testing.assert_close(rotate(x, cos, sin), rotate_complex(x, angles) * scale)
+    torch.testing.assert_close(unrotate(rotate(x, cos, sin), cos, sin), x)
+
+
+def test_probe_records_the_rotation_the_model_applied(tiny_model):
+    """Un-rotating the cached keys by the probe's cos/sin gives k_proj's output (Llama has no k_norm)."""
+    model = tiny_model("llama")
+    dims = model_dims(model.config)
+    captured = []
+    hook = model.model.layers[1].self_attn.k_proj.register_forward_hook(lambda mod, inp, out: captured.append(out))
+    try:
+        ids = torch.randint(0, 128, (40,), generator=torch.Generator().manual_seed(2))
+        per_layer = _window_kv(model, ids, "pre_rope")
+    finally:
+        hook.remove()
+    expected = captured[0][0].view(40, dims.num_kv_heads, dims.head_dim).transpose(0, 1).reshape(-1, dims.head_dim)
+    torch.testing.assert_close(per_layer[1][0], expected.float(), rtol=1e-5, atol=1e-5)
+    post = _window_kv(model, ids, "post_rope")
+    assert not torch.allclose(post[1][0], per_layer[1][0])  # positions > 0 really are rotated
+    torch.testing.assert_close(post[1][1], per_layer[1][1])  # values are the same either way
+
+
+def test_probe_is_installed_once(tiny_model):
+    model = tiny_model("qwen2")
+    assert probe_for(model) is probe_for(model)
+
+
+def test_table_grows_geometrically_and_selects_rows():
+    table = RopeTable()
+    cos = torch.arange(2 * 100 * 4, dtype=torch.float32).view(2, 100, 4)
+    for start in range(0, 100, 30):
+        table.append(cos[:, start : start + 30], -cos[:, start : start + 30])
+    got_cos, got_sin = table.view()
+    assert torch.equal(got_cos, cos) and torch.equal(got_sin, -cos)
+    assert table.nbytes() == 2 * 2 * 100 * 4 * 4 and table.nbytes(False) >= table.nbytes()
+    table.select_batch(torch.tensor([1]))
+    assert torch.equal(table.view()[0], cos[1:])
+
+
+def test_memory_counts_the_table_and_state_round_trips(tiny_model):
+    """The rotary table is per-token memory (in kv_bytes); saving and loading the cache keeps generation exact."""
+    model = tiny_model("llama")
+    dictionary = random_dictionary(model, key_space="pre_rope")
+    ids = torch.randint(0, 128, (1, 30), generator=torch.Generator().manual_seed(4))
+    cache = LexicoCache.from_model(model, dictionary, 4, buffer=8, window=4)
+    lexico_generate(model, ids, 6, cache)
+    memory = cache.memory()
+    half = model_dims(model.config).head_dim // 2
+    assert memory.rope_bytes == 2 * 35 * half * 4  # cos + sin of the 35 tokens held, fp32
+    assert memory.kv_bytes == memory.compressed_bytes + memory.buffer_bytes + memory.rope_bytes
+    tensors, facts = export_cache(cache)
+    restored = LexicoCache.from_model(model, dictionary, 4, buffer=8, window=4)
+    import_cache(restored, tensors, facts, torch.device("cpu"))
+    follow = torch.randint(0, 128, (1, 7), generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        a = model(follow, past_key_values=cache).logits
+        b = model(follow, past_key_values=restored).logits
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="pre-RoPE"):
+        import_cache(DynamicCache(config=model.config), tensors, facts, torch.device("cpu"))
