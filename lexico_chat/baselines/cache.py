@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING, Cache, CacheLayerMixin, get_layer_types_and_kwargs
 
-__all__ = ["BaselineCache", "BaselineMemory", "baseline_memory", "fp16_bytes"]
+__all__ = ["BaselineCache", "BaselineLayer", "BaselineMemory", "baseline_memory", "fp16_bytes"]
 
 FULL_ATTENTION = "full_attention"
 
@@ -59,6 +60,67 @@ def baseline_memory(layers) -> BaselineMemory:
     """Sum held and fp16-equivalent bytes over ``layers`` (a cache's ``.layers``); tokens = most seen."""
     per = [_layer_bytes(layer) for layer in layers]
     return BaselineMemory(sum(p[0] for p in per), sum(p[1] for p in per), max((p[2] for p in per), default=0))
+
+
+class BaselineLayer(CacheLayerMixin):
+    """What the baseline layers share: the tensors named in ``held_tensors`` (all with batch first) are
+    everything they hold, so bytes, batch selection and reset are defined once here.
+
+    Subclasses set ``held_tensors``, and in ``lazy_initialization`` ``dtype``, ``device`` and ``shape``
+    = (batch, kv_heads, head_dim); ``seen_tokens`` counts every token received.
+    """
+
+    is_sliding = False
+    is_compileable = False
+    is_croppable = False
+    held_tensors: tuple[str, ...] = ("keys", "values")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen_tokens = 0
+
+    def held_bytes(self) -> int:
+        """Bytes of every tensor held."""
+        if not self.is_initialized:
+            return 0
+        return sum(getattr(self, name).numel() * getattr(self, name).element_size() for name in self.held_tensors)
+
+    def get_seq_length(self) -> int:
+        """Every token seen (positions of new tokens continue from there)."""
+        return self.seen_tokens
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        """Drop every token."""
+        self.is_initialized = False
+        self.seen_tokens = 0
+        for name in self.held_tensors:
+            setattr(self, name, None)
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot be cropped: its tokens cannot be rolled back")
+
+    def offload(self) -> None:
+        return None
+
+    def prefetch(self) -> None:
+        return None
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep (and reorder) batch rows ``indices``."""
+        if self.is_initialized:
+            for name in self.held_tensors:
+                setattr(self, name, getattr(self, name).index_select(0, indices.to(self.device)))
+            self.shape = (indices.shape[0], *self.shape[1:])
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.batch_select_indices(beam_idx)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.is_initialized:
+            self.batch_select_indices(torch.arange(self.shape[0], device=self.device).repeat_interleave(repeats))
 
 
 class BaselineCache(Cache):

@@ -16,15 +16,14 @@ prefill too.
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import CacheLayerMixin
 
-from lexico_chat.baselines.cache import BaselineCache
+from lexico_chat.baselines.cache import BaselineCache, BaselineLayer
 from lexico_chat.baselines.kivi import STORAGE_DTYPES
 
 __all__ = ["SinkWindowLayer", "EvictionCache"]
 
 
-class SinkWindowLayer(CacheLayerMixin):
+class SinkWindowLayer(BaselineLayer):
     """KV cache of one full-attention layer keeping ``sink`` first and ``window`` most recent tokens.
 
     Parameters
@@ -39,10 +38,6 @@ class SinkWindowLayer(CacheLayerMixin):
     seen_tokens : tokens received so far (kept or not).
     """
 
-    is_sliding = False
-    is_compileable = False
-    is_croppable = False
-
     def __init__(self, sink: int = 4, window: int = 256, *, dtype: torch.dtype = torch.float16) -> None:
         super().__init__()
         if sink < 0 or window < 1:
@@ -50,7 +45,6 @@ class SinkWindowLayer(CacheLayerMixin):
         if dtype not in STORAGE_DTYPES:
             raise ValueError(f"`dtype` must be one of {list(STORAGE_DTYPES)}, got {dtype}")
         self.sink, self.window, self.storage_dtype = sink, window, dtype
-        self.seen_tokens = 0
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         b, h, _, m = key_states.shape
@@ -80,41 +74,9 @@ class SinkWindowLayer(CacheLayerMixin):
     def kept_tokens(self) -> int:
         return self.keys.shape[2] if self.is_initialized else 0
 
-    def held_bytes(self) -> int:
-        """Bytes of the kept keys and values."""
-        return sum(t.numel() * t.element_size() for t in (self.keys, self.values)) if self.is_initialized else 0
-
-    def get_seq_length(self) -> int:
-        """Every token seen (positions of new tokens continue from there)."""
-        return self.seen_tokens
-
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         """(kept + query_length, seen - kept): the kept tokens are masked as if they came right before the query."""
         return self.kept_tokens + query_length, self.seen_tokens - self.kept_tokens
-
-    def get_max_length(self) -> int:
-        return -1
-
-    def reset(self) -> None:
-        self.is_initialized = False
-        self.seen_tokens = 0
-        self.keys = self.values = None
-
-    def crop(self, tokens_to_remove: int) -> None:
-        raise NotImplementedError("SinkWindowLayer cannot be cropped: evicted tokens are gone")
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self.is_initialized:
-            self.keys = self.keys.index_select(0, indices.to(self.device))
-            self.values = self.values.index_select(0, indices.to(self.device))
-            self.shape = (self.keys.shape[0], *self.shape[1:])
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self.batch_select_indices(beam_idx)
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        if self.is_initialized:
-            self.batch_select_indices(torch.arange(self.shape[0], device=self.device).repeat_interleave(repeats))
 
 
 class EvictionCache(BaselineCache):

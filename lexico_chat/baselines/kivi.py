@@ -17,18 +17,16 @@ byte, not speed. ``held_bytes()`` counts codes, scales, zero-points and the resi
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import CacheLayerMixin
 
-from lexico_chat.baselines.cache import BaselineCache
+from lexico_chat.baselines.cache import BaselineCache, BaselineLayer
 from lexico_chat.baselines.quantize import BITS, dequantize, pack, quantize, unpack
 
 __all__ = ["KiviLayer", "KiviCache", "STORAGE_DTYPES"]
 
 STORAGE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_TENSORS = ("key_codes", "key_scale", "key_zero", "value_codes", "value_scale", "value_zero", "keys", "values")
 
 
-class KiviLayer(CacheLayerMixin):
+class KiviLayer(BaselineLayer):
     """Quantized KV cache of one full-attention layer.
 
     Parameters
@@ -47,9 +45,7 @@ class KiviLayer(CacheLayerMixin):
     keys, values : (b, h, Tr, m) residual window in ``dtype``.
     """
 
-    is_sliding = False
-    is_compileable = False
-    is_croppable = False
+    held_tensors = ("key_codes", "key_scale", "key_zero", "value_codes", "value_scale", "value_zero", "keys", "values")
 
     def __init__(
         self, bits: int = 2, *, group: int = 32, value_group: int = 32, residual: int = 128, dtype=torch.float16
@@ -66,7 +62,6 @@ class KiviLayer(CacheLayerMixin):
             raise ValueError(f"`dtype` must be one of {list(STORAGE_DTYPES)}, got {dtype}")
         self.bits, self.group, self.value_group = bits, group, value_group
         self.residual, self.storage_dtype = residual, dtype
-        self.seen_tokens = 0
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         """Empty stores for (batch, kv_heads, *, head_dim) states."""
@@ -150,48 +145,9 @@ class KiviLayer(CacheLayerMixin):
         out = dequantize(codes, self.value_scale.unsqueeze(4), self.value_zero.unsqueeze(4), self.dtype)
         return out.reshape(b, h, tq, m)
 
-    def held_bytes(self) -> int:
-        """Bytes of codes, scales, zero-points and the residual window."""
-        return sum(getattr(self, name).numel() * getattr(self, name).element_size() for name in _TENSORS)
-
-    def get_seq_length(self) -> int:
-        return self.seen_tokens
-
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         """Every token is returned: (seen + query_length, offset 0)."""
         return self.seen_tokens + query_length, 0
-
-    def get_max_length(self) -> int:
-        return -1
-
-    def reset(self) -> None:
-        """Drop every token."""
-        self.is_initialized = False
-        self.seen_tokens = 0
-        self.keys = self.values = None
-
-    def crop(self, tokens_to_remove: int) -> None:
-        raise NotImplementedError("KiviLayer cannot be cropped")
-
-    def offload(self) -> None:
-        return None
-
-    def prefetch(self) -> None:
-        return None
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        """Keep (and reorder) batch rows ``indices``."""
-        if self.is_initialized:
-            for name in _TENSORS:
-                setattr(self, name, getattr(self, name).index_select(0, indices.to(self.device)))
-            self.shape = (self.keys.shape[0], *self.shape[1:])
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self.batch_select_indices(beam_idx)
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        if self.is_initialized:
-            self.batch_select_indices(torch.arange(self.shape[0], device=self.device).repeat_interleave(repeats))
 
 
 class KiviCache(BaselineCache):
