@@ -20,14 +20,14 @@ from lexico_chat.evals.rre import SELECT
 from lexico_chat.lookup import find_dictionary
 from lexico_chat.models import load_model
 from lexico_chat.textfile import read_text
-from lexico_chat.training.collect import _window_kv, token_windows
+from lexico_chat.training.collect import token_windows, window_kv
 from lexico_chat.training.fit import relative_error, sampled_dictionary
 
 
 def sampled_baseline(loaded, text: str, atoms: int, seed: int = 0) -> LexicoDictionary:
     """Per layer, ``atoms`` normalised K/V vectors sampled from ``text``."""
     windows = token_windows(loaded.tokenizer, [text], 1024)
-    per_window = [_window_kv(loaded.model, w) for w in windows]
+    per_window = [window_kv(loaded.model, w) for w in windows]
     keys, values = [], []
     for layer in range(len(per_window[0])):
         k = torch.cat([w[layer][0] for w in per_window])
@@ -47,7 +47,7 @@ def heldout_vectors(loaded, text: str, max_tokens: int) -> list[tuple[torch.Tens
             break
         picked.append(w[: max_tokens - total])
         total += len(picked[-1])
-    per_window = [_window_kv(loaded.model, w) for w in picked]
+    per_window = [window_kv(loaded.model, w) for w in picked]
     return [
         (torch.cat([w[i][0] for w in per_window]), torch.cat([w[i][1] for w in per_window]))
         for i in range(len(per_window[0]))

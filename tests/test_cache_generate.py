@@ -172,7 +172,8 @@ def test_cuda_lossless_generate_and_bf16_logits(arch):
 
 
 @pytest.mark.slow
-def test_default_model_lossless_greedy_64_tokens(default_model):
+@pytest.mark.parametrize("key_space", KEY_SPACES)
+def test_default_model_lossless_greedy_64_tokens(default_model, key_space):
     model, tokenizer = default_model.model, default_model.tokenizer
     text = "Write a short story about a lighthouse keeper who finds a message in a bottle."
     ids = tokenizer.apply_chat_template(
@@ -180,7 +181,7 @@ def test_default_model_lossless_greedy_64_tokens(default_model):
     )["input_ids"]
     expected = reference_generate(model, ids, 64)
     cache = LexicoCache.from_model(
-        model, identity_dictionary(model), 64, buffer=16, window=32, coef_dtype=torch.float32
+        model, identity_dictionary(model, key_space), 64, buffer=16, window=32, coef_dtype=torch.float32
     )
     got = lexico_generate(model, ids, 64, cache)
     assert cache.memory().compressed_tokens > ids.shape[1]  # most of the context was compressed

@@ -8,7 +8,7 @@ from lexico_chat.cache import LexicoCache
 from lexico_chat.engine.cache_state import export_cache, import_cache
 from lexico_chat.models import model_dims
 from lexico_chat.rope import RopeTable, probe_for, rotate, unrotate
-from lexico_chat.training.collect import _window_kv
+from lexico_chat.training.collect import window_kv
 from tests.conftest import lexico_generate, random_dictionary, rotate_complex
 
 
@@ -30,12 +30,12 @@ def test_probe_records_the_rotation_the_model_applied(tiny_model):
     hook = model.model.layers[1].self_attn.k_proj.register_forward_hook(lambda mod, inp, out: captured.append(out))
     try:
         ids = torch.randint(0, 128, (40,), generator=torch.Generator().manual_seed(2))
-        per_layer = _window_kv(model, ids, "pre_rope")
+        per_layer = window_kv(model, ids, "pre_rope")
     finally:
         hook.remove()
     expected = captured[0][0].view(40, dims.num_kv_heads, dims.head_dim).transpose(0, 1).reshape(-1, dims.head_dim)
     torch.testing.assert_close(per_layer[1][0], expected.float(), rtol=1e-5, atol=1e-5)
-    post = _window_kv(model, ids, "post_rope")
+    post = window_kv(model, ids, "post_rope")
     assert not torch.allclose(post[1][0], per_layer[1][0])  # positions > 0 really are rotated
     torch.testing.assert_close(post[1][1], per_layer[1][1])  # values are the same either way
 

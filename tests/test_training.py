@@ -7,6 +7,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from lexico_chat.dictionary import LexicoDictionary
 from lexico_chat.errors import LexicoError
 from lexico_chat.models import LoadedModel
+from lexico_chat.training import fit as trainer_fit
 from lexico_chat.training import trainer
 from lexico_chat.training.fit import fit_dictionary, relative_error, sampled_dictionary
 from lexico_chat.training.trainer import TrainConfig, train_dictionary
@@ -35,6 +36,20 @@ def tiny():
 
 
 TEXTS = [f"document {i}: " + " ".join(f"word{(i * 7 + j) % 97}" for j in range(400)) for i in range(12)]
+
+
+def test_mod_update_keeps_atoms_it_cannot_normalise():
+    """An atom used only with ~0 coefficients solves to a ~0 column: the update keeps the old unit atom
+    (the first pre-RoPE N=4096 training run shipped 5 such non-unit atoms in layer 0 before this guard)."""
+    gen = torch.Generator().manual_seed(5)
+    d = torch.randn(8, 6, generator=gen)
+    d = d / d.norm(dim=0)
+    x = torch.randn(50, 8, generator=gen)
+    idx = torch.stack([torch.arange(50) % 5, torch.full((50,), 5)], dim=1)  # atom 5: a filler pick ...
+    coef = torch.stack([torch.randn(50, generator=gen), torch.full((50,), 1e-20)], dim=1)  # ... with ~0 weight
+    new = trainer_fit._mod_update(x, idx, coef, d)
+    torch.testing.assert_close(new.norm(dim=0), torch.ones(6))
+    assert torch.equal(new[:, 5], d[:, 5])
 
 
 def test_fit_recovers_planted_dictionary_better_than_samples():

@@ -7,7 +7,7 @@ import argparse
 import torch
 
 from lexico_chat.errors import LexicoError
-from lexico_chat.training.collect import _window_kv, token_windows
+from lexico_chat.training.collect import token_windows, window_kv
 from lexico_chat.training.fit import relative_error
 
 __all__ = ["register", "run", "reconstruction_error"]
@@ -42,7 +42,7 @@ def reconstruction_error(model, tokenizer, text: str, dictionary, sparsity: int,
         tokens += len(picked[-1])
     sums = None
     for ids in picked:
-        per_layer = _window_kv(model, ids)
+        per_layer = window_kv(model, ids, dictionary.meta.key_space)
         errs = [
             (
                 relative_error(k, dk, sparsity, select_dtype=SELECT).sum(),

@@ -45,7 +45,7 @@ def token_windows(tokenizer, texts: list[str], window: int) -> list[torch.Tensor
 
 
 @torch.inference_mode()
-def _window_kv(model, ids: torch.Tensor, key_space: str = "post_rope") -> list[tuple[torch.Tensor, torch.Tensor]]:
+def window_kv(model, ids: torch.Tensor, key_space: str = "post_rope") -> list[tuple[torch.Tensor, torch.Tensor]]:
     # ids: (T,) -> per layer (keys (H*T, m), values (H*T, m)); keys as the cache receives them (post-RoPE)
     # or un-rotated by the very rotation the model applied (pre-RoPE)
     device = next(model.parameters()).device
@@ -91,7 +91,7 @@ def collect_kv(
     held: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
     for i, ids in enumerate(windows):
         is_held = held_out[i]
-        per_layer = _window_kv(model, ids, key_space)
+        per_layer = window_kv(model, ids, key_space)
         keep = torch.rand(per_layer[0][0].shape[0], generator=gen) < (p_held if is_held else p_train)
         (held if is_held else train).append([(k[keep].half(), v[keep].half()) for k, v in per_layer])
         if progress:

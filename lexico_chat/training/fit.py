@@ -83,8 +83,11 @@ def _mod_update(x: torch.Tensor, idx: torch.Tensor, coef: torch.Tensor, d: torch
     used = cct.diagonal() > 0
     cct = cct + torch.diag(torch.where(used, ridge, torch.ones((), device=x.device)))
     new = torch.linalg.solve(cct, xct).t()  # (m, N) = X Cᵀ (C Cᵀ + λI)⁻¹
-    new = torch.where(used.unsqueeze(0), new, d)
-    return new / new.norm(dim=0, keepdim=True).clamp_min(1e-12)
+    # an atom used only with ~0 coefficients (OMP's last picks once a vector is already fitted, common
+    # for low-rank early-layer pre-RoPE keys) solves to a ~0 column that cannot be normalised: keep it
+    norms = new.norm(dim=0)
+    keep = used & (norms > 1e-4 * norms.max())
+    return torch.where(keep.unsqueeze(0), new / norms.clamp_min(1e-30), d)
 
 
 def _reseed_unused(d: torch.Tensor, x: torch.Tensor, idx: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
