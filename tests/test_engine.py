@@ -1,6 +1,7 @@
 """ChatSession on the real default model: incremental turns, save/resume, errors, cancellation."""
 
 import json
+import platform
 
 import pytest
 import torch
@@ -47,11 +48,17 @@ def test_second_turn_prefills_only_new_tokens(session):
     assert full.startswith(session.cached_text)
 
 
-def test_save_resume_continue_is_token_identical(session, default_model, identity, tmp_path):
+@pytest.mark.parametrize("key_space", ["post_rope", "pre_rope"])
+def test_save_resume_continue_is_token_identical(default_model, tmp_path, key_space):
+    dims = default_model.dims
+    dictionary = LexicoDictionary.identity(
+        default_model.model_id, dims.num_layers, dims.num_kv_heads, dims.head_dim, key_space
+    )
+    session = ChatSession(default_model, OPTIONS, dictionary=dictionary)
     "".join(session.send("Name a fruit.", GREEDY))
     path = session.save(tmp_path / "s.lexico")
     original = "".join(session.send("Name another one.", GREEDY))
-    resumed = ChatSession(default_model, OPTIONS, dictionary=identity)
+    resumed = ChatSession(default_model, OPTIONS, dictionary=dictionary)
     resumed.resume(path)
     assert resumed.transcript[-1].content == session.transcript[-3].content
     again = "".join(resumed.send("Name another one.", GREEDY))
@@ -78,6 +85,20 @@ def _other_model(path, out):
     assert claimed
     meta["sha256"] = _digest(tensors, meta)
     save_file(tensors, str(out), metadata={"lexico_session": json.dumps(meta)})
+
+
+def test_every_turn_hands_free_heap_pages_back(session, monkeypatch):
+    """RSS tracks the cache over long sessions: the engine trims the C heap after each turn (also a
+    cancelled or failed one), and on glibc the trim really runs."""
+    from lexico_chat.engine import session as session_module
+    from lexico_chat.engine.sysstats import release_free_memory
+
+    calls = []
+    monkeypatch.setattr(session_module, "release_free_memory", lambda: calls.append(1))
+    "".join(session.send("Say one word.", SamplingConfig(max_new_tokens=2)))
+    assert calls == [1]
+    monkeypatch.undo()
+    assert release_free_memory() == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ import torch
 from lexico_chat.engine.options import SessionOptions
 from lexico_chat.engine.sampling import next_token
 from lexico_chat.engine.stats import session_stats
+from lexico_chat.engine.sysstats import release_free_memory
 from lexico_chat.engine.template import render, stop_token_ids
 from lexico_chat.engine.types import IngestProgress, Message, SamplingConfig, SessionStats
 from lexico_chat.errors import LexicoError
@@ -155,6 +156,7 @@ class ChatSession:
                 self._reset_cache()
             raise
         finally:
+            release_free_memory()
             self._lock.release()
 
     @torch.inference_mode()
