@@ -24,7 +24,7 @@ import torch
 
 from lexico_chat.errors import LexicoError
 
-__all__ = ["KEY_SPACES", "RopeProbe", "RopeTable", "rotate", "unrotate", "probe_for"]
+__all__ = ["KEY_SPACES", "RopeProbe", "RopeTable", "rotate", "rotate_", "unrotate", "probe_for"]
 
 KEY_SPACES = ("post_rope", "pre_rope")
 _PROBE_ATTR = "_lexico_rope_probe"
@@ -42,6 +42,15 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     torch.mul(x1, cos, out=o1).addcmul_(x2, sin, value=-1)
     torch.mul(x2, cos, out=o2).addcmul_(x1, sin)
     return out
+
+
+def rotate_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``rotate`` in place (x must own its memory); copies only one half. Returns x."""
+    x1, x2 = x.chunk(2, dim=-1)
+    first = x1.clone()
+    x1.mul_(cos).addcmul_(x2, sin, value=-1)
+    x2.mul_(cos).addcmul_(first, sin)
+    return x
 
 
 def unrotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ from transformers import DynamicCache
 from lexico_chat.cache import LexicoCache
 from lexico_chat.engine.cache_state import export_cache, import_cache
 from lexico_chat.models import model_dims
-from lexico_chat.rope import RopeTable, probe_for, rotate, unrotate
+from lexico_chat.rope import RopeTable, probe_for, rotate, rotate_, unrotate
 from lexico_chat.training.collect import window_kv
 from tests.conftest import lexico_generate, random_dictionary, rotate_complex
 
@@ -20,6 +20,7 @@ def test_rotate_matches_complex_reference_and_unrotate_inverts(scale):
     cos, sin = angles.cos() * scale, angles.sin() * scale
     torch.testing.assert_close(rotate(x, cos, sin), rotate_complex(x, angles) * scale)
     torch.testing.assert_close(unrotate(rotate(x, cos, sin), cos, sin), x)
+    torch.testing.assert_close(rotate_(x.clone(), cos, sin), rotate(x, cos, sin))
 
 
 def test_probe_records_the_rotation_the_model_applied(tiny_model):

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lexico_chat.rope import rotate
+from lexico_chat.rope import rotate_
 
 __all__ = [
     "CompressedKV",
@@ -257,7 +257,7 @@ def _rope_scores(flat: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
     for start in range(0, codes.length, TILE_TOKENS):
         stop = start + TILE_TOKENS
         tile = _rebuild(codes.key_indices[:, :, start:stop].int(), codes.key_coefs[:, :, start:stop], atoms)
-        keys = rotate(tile, cos[:, None, start:stop], sin[:, None, start:stop])  # (b, hkv, t, m)
+        keys = rotate_(tile, cos[:, None, start:stop], sin[:, None, start:stop])  # (b, hkv, t, m)
         parts.append(flat @ keys.transpose(-1, -2))
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
