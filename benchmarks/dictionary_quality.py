@@ -25,20 +25,22 @@ from lexico_chat.training.fit import relative_error, sampled_dictionary
 
 
 def sampled_baseline(loaded, text: str, atoms: int, seed: int = 0) -> LexicoDictionary:
-    """Per layer, ``atoms`` normalised K/V vectors sampled from ``text``."""
+    """Per layer, ``atoms`` normalised K/V vectors sampled from ``text`` (keys in the shipped file's key space)."""
+    shipped = find_dictionary(loaded.model_id, loaded.dims, atoms)
     windows = token_windows(loaded.tokenizer, [text], 1024)
-    per_window = [window_kv(loaded.model, w) for w in windows]
+    per_window = [window_kv(loaded.model, w, shipped.meta.key_space) for w in windows]
     keys, values = [], []
     for layer in range(len(per_window[0])):
         k = torch.cat([w[layer][0] for w in per_window])
         v = torch.cat([w[layer][1] for w in per_window])
         keys.append(sampled_dictionary(k, atoms, seed + layer))
         values.append(sampled_dictionary(v, atoms, seed + layer + 1000))
-    shipped = find_dictionary(loaded.model_id, loaded.dims, atoms)
     return LexicoDictionary(torch.stack(keys), torch.stack(values), shipped.meta)
 
 
-def heldout_vectors(loaded, text: str, max_tokens: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def heldout_vectors(
+    loaded, text: str, max_tokens: int, key_space: str = "post_rope"
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer (keys, values) of the first ``max_tokens`` tokens of ``text``, each (H*T, m)."""
     ids = token_windows(loaded.tokenizer, [text], 1024)
     picked, total = [], 0
@@ -47,7 +49,7 @@ def heldout_vectors(loaded, text: str, max_tokens: int) -> list[tuple[torch.Tens
             break
         picked.append(w[: max_tokens - total])
         total += len(picked[-1])
-    per_window = [window_kv(loaded.model, w) for w in picked]
+    per_window = [window_kv(loaded.model, w, key_space) for w in picked]
     return [
         (torch.cat([w[i][0] for w in per_window]), torch.cat([w[i][1] for w in per_window]))
         for i in range(len(per_window[0]))
@@ -74,15 +76,18 @@ def main() -> None:
     heldout, sample = read_text(args.heldout), read_text(args.train_sample)
     rows = []
     with torch.inference_mode():
-        vectors = heldout_vectors(loaded, heldout, args.max_tokens)
+        vectors = {}  # per key space: the held-out keys must be in the space the dictionary codes
         for atoms in args.atoms:
             dictionaries = {
                 "trained": find_dictionary(loaded.model_id, loaded.dims, atoms),
                 "sampled": sampled_baseline(loaded, sample, atoms),
             }
+            space = dictionaries["trained"].meta.key_space
+            if space not in vectors:
+                vectors[space] = heldout_vectors(loaded, heldout, args.max_tokens, space)
             for s in args.sparsity:
                 for name, d in dictionaries.items():
-                    keys, values = mean_error(vectors, d, s)
+                    keys, values = mean_error(vectors[space], d, s)
                     row = {"atoms": atoms, "sparsity": s, "dictionary": name, "tokens": args.max_tokens}
                     rows.append({**row, "keys": keys, "values": values})
                     print(json.dumps(rows[-1]), flush=True)
