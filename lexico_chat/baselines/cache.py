@@ -79,6 +79,18 @@ class BaselineLayer(CacheLayerMixin):
         super().__init__()
         self.seen_tokens = 0
 
+    def _begin(self, key_states: torch.Tensor) -> None:
+        """Start holding (batch, kv_heads, *, head_dim) states: record dtype, device and shape, count from 0."""
+        b, h, _, m = key_states.shape
+        self.dtype, self.device, self.shape = key_states.dtype, key_states.device, (b, h, m)
+        self.seen_tokens = 0
+        self.is_initialized = True
+
+    def _empty(self, width: int, dtype: torch.dtype) -> torch.Tensor:
+        """An empty (batch, kv_heads, 0, width) tensor on the layer's device."""
+        b, h, _ = self.shape
+        return torch.empty(b, h, 0, width, dtype=dtype, device=self.device)
+
     def held_bytes(self) -> int:
         """Bytes of every tensor held."""
         if not self.is_initialized:

@@ -47,12 +47,9 @@ class SinkWindowLayer(BaselineLayer):
         self.sink, self.window, self.storage_dtype = sink, window, dtype
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        b, h, _, m = key_states.shape
-        self.dtype, self.device, self.shape = key_states.dtype, key_states.device, (b, h, m)
-        self.keys = torch.empty(b, h, 0, m, dtype=self.storage_dtype, device=self.device)
-        self.values = torch.empty(b, h, 0, m, dtype=self.storage_dtype, device=self.device)
-        self.seen_tokens = 0
-        self.is_initialized = True
+        self._begin(key_states)
+        m = key_states.shape[-1]
+        self.keys, self.values = self._empty(m, self.storage_dtype), self._empty(m, self.storage_dtype)
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs

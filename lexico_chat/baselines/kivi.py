@@ -65,18 +65,15 @@ class KiviLayer(BaselineLayer):
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         """Empty stores for (batch, kv_heads, *, head_dim) states."""
-        b, h, _, m = key_states.shape
+        m = key_states.shape[-1]
         self.vgroup = min(self.value_group, m)
         if m % self.vgroup or (m * self.bits) % 8:
             raise ValueError(
                 f"head_dim {m} must be a multiple of `value_group` ({self.vgroup}) and of {8 // self.bits} "
                 f"(codes per byte at {self.bits} bits)"
             )
-        self.dtype, self.device, self.shape = key_states.dtype, key_states.device, (b, h, m)
-
-        def empty(width: int, dtype: torch.dtype) -> torch.Tensor:
-            return torch.empty(b, h, 0, width, dtype=dtype, device=self.device)
-
+        self._begin(key_states)
+        empty = self._empty
         self.key_codes, self.value_codes = (
             empty(m * self.bits // 8, torch.uint8),
             empty(m * self.bits // 8, torch.uint8),
@@ -87,8 +84,6 @@ class KiviLayer(BaselineLayer):
             empty(m // self.vgroup, torch.float16),
         )
         self.keys, self.values = empty(m, self.storage_dtype), empty(m, self.storage_dtype)
-        self.seen_tokens = 0
-        self.is_initialized = True
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
