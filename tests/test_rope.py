@@ -79,3 +79,13 @@ def test_memory_counts_the_table_and_state_round_trips(tiny_model):
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     with pytest.raises(ValueError, match="pre-RoPE"):
         import_cache(DynamicCache(config=model.config), tensors, facts, torch.device("cpu"))
+
+
+def test_empty_pre_rope_cache_round_trips(tiny_model):
+    """A pre-RoPE cache that holds no tokens yet saves without a rotary table and loads back."""
+    model = tiny_model("llama")
+    dictionary = random_dictionary(model, key_space="pre_rope")
+    tensors, facts = export_cache(LexicoCache.from_model(model, dictionary, 4))
+    restored = LexicoCache.from_model(model, dictionary, 4)
+    import_cache(restored, tensors, facts, torch.device("cpu"))
+    assert restored.rope_table.length == 0 and restored.get_seq_length() == 0

@@ -48,9 +48,10 @@ def import_cache(cache, tensors: dict[str, torch.Tensor], facts: list[dict], dev
     if len(facts) != len(cache.layers):
         raise ValueError(f"saved cache has {len(facts)} layers, this model {len(cache.layers)}")
     table = getattr(cache, "rope_table", None)
-    if (table is not None) != ("rope.cos" in tensors):
+    holds_tokens = any(fact["kind"] != "empty" for fact in facts)
+    if (table is not None and holds_tokens) != ("rope.cos" in tensors):  # an empty cache saves no table
         raise ValueError("saved cache and this cache disagree on pre-RoPE key coding")
-    if table is not None:
+    if "rope.cos" in tensors:
         table.append(tensors["rope.cos"].to(device), tensors["rope.sin"].to(device))
     for i, (layer, fact) in enumerate(zip(cache.layers, facts)):
         if fact["kind"] == "empty":
