@@ -104,21 +104,21 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.smoke:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
-    sys.path.insert(0, str(ROOT))
+    sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # lexico_chat, tests.kernel_cases, the section modules
+    import torch
+
+    device = torch.device("cpu" if args.smoke else "cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: no CUDA device visible to torch (use --smoke on CPU)", file=sys.stderr)
+        return 2
     run = Run(args.budget if not args.smoke else 1e9)
     versions, missing = requirements(args.smoke)
     run.data["versions"], run.data["missing"] = versions, missing
     for line in missing:
         print(f"MISSING: {line}", file=sys.stderr)
     run.failed = any(not line.startswith("pynvml") for line in missing)  # an incomplete run exits 1
-    import torch
+    import gpu_kernels as sections
 
-    from lexico_chat.gpu import bench as sections
-
-    device = torch.device("cpu" if args.smoke else "cuda")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: no CUDA device visible to torch (use --smoke on CPU)", file=sys.stderr)
-        return 2
     run.data["device"] = sections.describe(device)
     print(f"device: {run.data['device']}", flush=True)
     has_cache = not any(line.startswith("lexico_chat.cache") for line in missing)

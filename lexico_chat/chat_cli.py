@@ -7,19 +7,23 @@ import json
 import sys
 
 from lexico_chat.errors import LexicoError
-from lexico_chat.options import add_cache_options, add_dictionary_options, add_model_options
+from lexico_chat.options import (
+    add_cache_kind_option,
+    add_cache_options,
+    add_dictionary_options,
+    add_model_options,
+    cache_config,
+)
 
 __all__ = ["add_arguments", "run", "session_options"]
 
-_CACHE_FLAGS = ("cache", "sparsity", "atoms", "buffer", "window")
-_DEFAULTS = {"cache": "lexico", "sparsity": 8, "atoms": 4096, "buffer": 128, "window": 32}
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # cache flags default to None: unset ones come from the --resume file, else CacheConfig's defaults
     add_model_options(parser)
-    add_dictionary_options(parser)
-    add_cache_options(parser)
-    parser.add_argument("--cache", choices=("lexico", "full"), help="KV cache kind (default lexico)")
+    add_dictionary_options(parser, defaults=False)
+    add_cache_options(parser, defaults=False)
+    add_cache_kind_option(parser, defaults=False)
     parser.add_argument("--prompt", default=None, help="answer one prompt on stdout and exit (headless)")
     parser.add_argument("--doc", default=None, help="UTF-8 document to ask about (with --prompt, or opened in the UI)")
     parser.add_argument("--resume", default=None, help="continue a saved session file")
@@ -30,7 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object with the reply and stats")
-    parser.set_defaults(**{flag: None for flag in _CACHE_FLAGS})  # filled from --resume's file, else defaults
 
 
 def session_options(args: argparse.Namespace):
@@ -39,15 +42,15 @@ def session_options(args: argparse.Namespace):
 
     saved = {}
     if args.resume:
-        from lexico_chat.engine.persist import read_session_file
+        from lexico_chat.engine.persist import saved_cache_settings
 
-        saved = read_session_file(args.resume)[1]["settings"]
-    values = {}
-    for flag in _CACHE_FLAGS:
-        given = getattr(args, flag)
-        values[flag] = given if given is not None else (saved.get(flag) or _DEFAULTS[flag])
+        saved = saved_cache_settings(args.resume)
     return SessionOptions(
-        model=args.model, device=args.device, dictionary=args.dictionary, system=args.system, **values
+        model=args.model,
+        device=args.device,
+        dictionary=args.dictionary,
+        cache=cache_config(args, saved),
+        system=args.system,
     )
 
 
@@ -129,5 +132,6 @@ def _run_tui(args: argparse.Namespace) -> int:
         return session
 
     model = options.model or "SmolLM2-135M-Instruct"
-    detail = "full cache" if options.cache == "full" else f"Lexico s={options.sparsity} N={options.atoms}"
+    cache = options.cache
+    detail = f"Lexico s={cache.sparsity} N={cache.atoms}" if cache.lexico else "full cache"
     return run_tui(factory, doc=args.doc, sampling=_sampling(args), subtitle=f"{model} · {detail}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 
@@ -33,15 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
         eval_parser.add_subparsers(dest="eval_command", metavar="EVAL", required=True, parser_class=_Parser)
     )
     return parser
-
-
-def emit(result: dict, as_json: bool) -> None:
-    """Print a command's result: one JSON object, or ``key: value`` lines."""
-    if as_json:
-        print(json.dumps(result))
-        return
-    for key, value in result.items():
-        print(f"{key}: {json.dumps(value) if isinstance(value, list | dict) else value}")
 
 
 def main(argv: list[str] | None = None) -> int:

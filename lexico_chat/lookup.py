@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from lexico_chat.dictionary import LexicoDictionary, model_slug
-from lexico_chat.errors import LexicoError
-from lexico_chat.models import ModelDims
+from lexico_chat.errors import LexicoError, MissingDictionaryError
+from lexico_chat.models import DEFAULT_MODEL_ID, ModelDims
 
 __all__ = ["dictionary_filename", "find_dictionary", "search_folders", "user_dictionary_folder"]
 
@@ -35,8 +35,6 @@ def search_folders() -> list[Path]:
 
 def train_command(model_id: str, atoms: int, sparsity: int = 8) -> str:
     """The exact command that trains the missing dictionary into the user folder."""
-    from lexico_chat.models import DEFAULT_MODEL_ID
-
     out = user_dictionary_folder() / dictionary_filename(model_id, atoms)
     model = "" if model_id == DEFAULT_MODEL_ID else f"--model {model_id} "
     flags = f"--corpus FILE [FILE ...] --atoms {atoms} --sparsity {sparsity} --out {out}"
@@ -59,7 +57,8 @@ def find_dictionary(
 ) -> LexicoDictionary:
     """Load the dictionary for ``model_id`` with ``atoms`` atoms and check it against ``dims``.
 
-    Raises LexicoError with the exact train-dictionary command when none is found.
+    Raises MissingDictionaryError (with the exact train-dictionary command) when none is found, LexicoError
+    when ``path`` does not exist or the file does not fit the model.
     """
     if path is not None:
         candidates = [Path(path).expanduser()]
@@ -69,13 +68,19 @@ def find_dictionary(
         name = dictionary_filename(model_id, atoms)
         candidates = [folder / name for folder in search_folders() if (folder / name).is_file()]
         if not candidates:
-            raise LexicoError(
-                f"no dictionary with {atoms} atoms for {model_id} (looked for {name} in "
-                f"{', '.join(str(f) for f in search_folders())}); train one ({training_estimate(dims, atoms)}) with: "
-                f"{train_command(model_id, atoms)}"
-            )
+            raise _missing(model_id, dims, atoms, name)
     dictionary = LexicoDictionary.load(candidates[0])
     dictionary.check_model(model_id, dims.num_layers, dims.num_kv_heads, dims.head_dim, source=str(candidates[0]))
     if path is None and dictionary.meta.atoms != atoms:
         raise LexicoError(f"{candidates[0]} has {dictionary.meta.atoms} atoms, not the {atoms} asked for")
     return dictionary
+
+
+def _missing(model_id: str, dims: ModelDims, atoms: int, name: str) -> MissingDictionaryError:
+    command, estimate = train_command(model_id, atoms), training_estimate(dims, atoms)
+    folders = ", ".join(str(f) for f in search_folders())
+    message = (
+        f"no dictionary with {atoms} atoms for {model_id} (looked for {name} in {folders}); "
+        f"train one ({estimate}) with: {command}"
+    )
+    return MissingDictionaryError(message, model_id=model_id, atoms=atoms, command=command, estimate=estimate)

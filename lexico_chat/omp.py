@@ -1,9 +1,10 @@
 """Batched Orthogonal Matching Pursuit.
 
-One code path for CPU and CUDA. Each step picks, for every vector of a chunk at once, the atom most
-correlated with the residual, orthogonalises it against the atoms already chosen (an incremental
-QR of the chosen atoms, i.e. an incremental Cholesky factor ``U`` of their Gram matrix, ``UᵀU =
-D_Iᵀ D_I``) and removes its component from the residual. Correlations are refreshed by one GEMM
+One code path for CPU and CUDA (where ``lexico_chat.accel.triton_enabled``, CUDA vectors go to the fused
+Triton kernel of ``lexico_chat.gpu.pursuit`` instead). Each step picks, for every vector of a chunk at
+once, the atom most correlated with the residual, orthogonalises it against the atoms already chosen
+(an incremental QR of the chosen atoms, i.e. an incremental Cholesky factor ``U`` of their Gram matrix,
+``UᵀU = D_Iᵀ D_I``) and removes its component from the residual. Correlations are refreshed by one GEMM
 ``r @ D`` per step; the coefficients on the chosen atoms come from one batched triangular solve at
 the end. No host syncs, no per-vector Python loop, working memory bounded by ``chunk``.
 """
@@ -11,6 +12,8 @@ the end. No host syncs, no per-vector Python loop, working memory bounded by ``c
 from __future__ import annotations
 
 import torch
+
+from lexico_chat.accel import triton_enabled
 
 __all__ = ["omp", "reconstruct", "MAX_ATOMS"]
 
@@ -57,12 +60,11 @@ def omp(
         )
     if n_atoms > MAX_ATOMS:
         raise ValueError(f"dictionaries may have at most {MAX_ATOMS} atoms (int16 indices), got {n_atoms}")
-    if vectors.is_cuda:  # one fused Triton launch when triton is installed (lexico_chat.gpu), else the torch path
-        from lexico_chat.gpu import try_omp
+    if triton_enabled(vectors) and vectors.shape[0]:  # one fused Triton launch (optional dependency)
+        from lexico_chat.gpu import pursuit
 
-        coded = try_omp(vectors, dictionary, sparsity, tol=tol, select_dtype=select_dtype)
-        if coded is not None:
-            return coded
+        if select_dtype in pursuit.SELECT_DTYPES:
+            return pursuit.omp(vectors, dictionary, sparsity, tol=tol, select_dtype=select_dtype)
     if chunk is None:
         chunk = 512 if vectors.device.type == "cpu" else 16384
     d = dictionary.to(torch.float32)

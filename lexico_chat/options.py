@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from lexico_chat.config import CACHE_KINDS, CacheConfig
+
+DEFAULTS = CacheConfig()  # every cache flag's default comes from here
+
 
 def positive_int(text: str) -> int:
     value = int(text)
@@ -22,17 +26,69 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (accelerate device map)")
 
 
-def add_dictionary_options(parser: argparse.ArgumentParser, sparsity: int | None = 8) -> None:
-    """--dictionary, --atoms and --sparsity."""
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def add_dictionary_options(parser: argparse.ArgumentParser, *, defaults: bool = True) -> None:
+    """--dictionary, --atoms and --sparsity (``defaults=False``: unset flags stay None, e.g. to be filled
+    from a saved session)."""
+    d = DEFAULTS if defaults else None
     parser.add_argument("--dictionary", default=None, help="dictionary file (default: looked up for the model)")
-    parser.add_argument("--atoms", type=positive_int, default=4096, help="dictionary size N (default 4096)")
-    parser.add_argument("--sparsity", type=positive_int, default=sparsity, help="atoms per vector s (default 8)")
+    parser.add_argument(
+        "--atoms", type=positive_int, default=d and d.atoms, help=f"dictionary size N (default {DEFAULTS.atoms})"
+    )
+    parser.add_argument(
+        "--sparsity",
+        type=positive_int,
+        default=d and d.sparsity,
+        help=f"atoms per vector s (default {DEFAULTS.sparsity})",
+    )
 
 
-def add_cache_options(parser: argparse.ArgumentParser) -> None:
-    """--buffer and --window of the compressed cache."""
-    parser.add_argument("--buffer", type=int, default=128, help="recent tokens kept in full precision (default 128)")
-    parser.add_argument("--window", type=positive_int, default=32, help="tokens compressed at a time (default 32)")
+def add_cache_options(parser: argparse.ArgumentParser, *, defaults: bool = True) -> None:
+    """--buffer and --window of the compressed cache (``defaults`` as in ``add_dictionary_options``)."""
+    d = DEFAULTS if defaults else None
+    parser.add_argument(
+        "--buffer",
+        type=non_negative_int,
+        default=d and d.buffer,
+        help=f"recent tokens every query sees in full precision (default {DEFAULTS.buffer})",
+    )
+    parser.add_argument(
+        "--window",
+        type=positive_int,
+        default=d and d.window,
+        help=f"tokens compressed at a time (default {DEFAULTS.window})",
+    )
+
+
+CACHE_FLAGS = ("kind", "sparsity", "atoms", "buffer", "window")  # CacheConfig fields set by flags
+
+
+def cache_config(args: argparse.Namespace, saved: dict | None = None) -> CacheConfig:
+    """The CacheConfig the flags ask for: a flag given wins, then the ``saved`` settings (every CacheConfig
+    field of a session file, 0 included), then the defaults."""
+    fields = set(CacheConfig.__dataclass_fields__)
+    values = {name: value for name, value in (saved or {}).items() if name in fields and value is not None}
+    for name in CACHE_FLAGS:
+        given = getattr(args, "cache" if name == "kind" else name, None)
+        if given is not None and not isinstance(given, list):  # a list of sparsities: the eval sweeps them
+            values[name] = given
+    return CacheConfig(**values)
+
+
+def add_cache_kind_option(parser: argparse.ArgumentParser, *, defaults: bool = True) -> None:
+    """--cache lexico|full."""
+    parser.add_argument(
+        "--cache",
+        choices=CACHE_KINDS,
+        default=DEFAULTS.kind if defaults else None,
+        help=f"KV cache kind (default {DEFAULTS.kind})",
+    )
 
 
 def add_json_option(parser: argparse.ArgumentParser) -> None:

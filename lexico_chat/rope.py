@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import torch
 
+from lexico_chat.config import DEFAULT_KEY_SPACE, KEY_SPACES
 from lexico_chat.errors import LexicoError
 
-__all__ = ["KEY_SPACES", "RopeProbe", "RopeTable", "rotate", "rotate_", "unrotate", "probe_for"]
+__all__ = ["DEFAULT_KEY_SPACE", "KEY_SPACES", "RopeProbe", "RopeTable", "rotate", "rotate_", "unrotate", "probe_for"]
 
-KEY_SPACES = ("post_rope", "pre_rope")
 _PROBE_ATTR = "_lexico_rope_probe"
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from lexico_chat.options import add_model_options, positive_int
+from lexico_chat.config import DEFAULT_KEY_SPACE, KEY_SPACES
+from lexico_chat.options import DEFAULTS, add_model_options, positive_int
 
 __all__ = ["register", "run"]
 
@@ -14,8 +15,15 @@ def register(commands) -> None:
     p = commands.add_parser("train-dictionary", help="train Lexico dictionaries for a model (resumable)")
     add_model_options(p)
     p.add_argument("--corpus", nargs="+", required=True, metavar="FILE", help="UTF-8 text files or folders of .txt")
-    p.add_argument("--atoms", type=positive_int, default=4096, help="atoms per dictionary N (default 4096)")
-    p.add_argument("--sparsity", type=positive_int, default=8, help="training sparsity s (default 8)")
+    p.add_argument(
+        "--atoms", type=positive_int, default=DEFAULTS.atoms, help=f"atoms per dictionary N (default {DEFAULTS.atoms})"
+    )
+    p.add_argument(
+        "--sparsity",
+        type=positive_int,
+        default=DEFAULTS.sparsity,
+        help=f"training sparsity s (default {DEFAULTS.sparsity})",
+    )
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--iters", type=positive_int, default=10, help="code/update alternations (default 10)")
     p.add_argument("--max-vectors", type=positive_int, default=100_000, help="training vectors per layer")
@@ -26,8 +34,8 @@ def register(commands) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--key-space",
-        choices=("pre-rope", "post-rope"),
-        default="pre-rope",
+        choices=[space.replace("_", "-") for space in KEY_SPACES],
+        default=DEFAULT_KEY_SPACE.replace("_", "-"),
         help="code keys before RoPE (default: much lower error; attention rotates rebuilt keys) or after it",
     )
     p.add_argument("--values-from", default=None, metavar="DICT", help="reuse the value atoms of this dictionary")

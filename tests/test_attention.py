@@ -7,11 +7,19 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import causal_mask_function, sdpa_mask
 
-from lexico_chat.cache import kernels
-from lexico_chat.cache.attention import lexico_attention_forward
-from lexico_chat.cache.kernels import CompressedKV, compressed_attention
+from lexico_chat.attention import (
+    CompressedKV,
+    LostLayerTagError,
+    coefs_to_float,
+    compressed_attention,
+    dispatch,
+    lexico_attention_forward,
+    reference,
+)
+from lexico_chat.cache import LexicoCache, LexicoLayer
+from lexico_chat.config import CacheConfig
 from lexico_chat.omp import reconstruct
-from tests.conftest import rotate_complex
+from tests.conftest import random_dictionary, rotate_complex
 
 
 def _codes(b, hkv, t, s, m, n, gen, coef_dtype=torch.float32):
@@ -83,7 +91,7 @@ def test_pre_rope_codes_match_dense_on_rotated_reconstruction(
     b, heads, hkv, q_len, tc, tb, m, n, s, device, monkeypatch
 ):
     """Pre-RoPE key codes: attention rotates each rebuilt key by its own position's angles."""
-    monkeypatch.setattr(kernels, "TILE_TOKENS", 32)  # several key tiles
+    monkeypatch.setattr(reference, "TILE_TOKENS", 32)  # several key tiles
     gen = torch.Generator().manual_seed(tc + tb + q_len + 1)
     codes = _codes(b, hkv, tc, s, m, n, gen)
     angles = torch.rand(b, 1, tc, m // 2, generator=gen, dtype=torch.float64) * 6.3
@@ -125,9 +133,9 @@ def test_matches_dense_on_reconstruction(b, heads, hkv, q_len, tc, tb, m, n, s, 
 @pytest.mark.parametrize("sparse_rows", [0, 10_000])
 def test_both_orders_and_blocks_agree(monkeypatch, sparse_rows):
     """Atom-space (scatter) and tiled values, split into many query blocks, give the dense result."""
-    monkeypatch.setattr(kernels, "VALUES_SPARSE_MAX_ROWS", sparse_rows)
-    monkeypatch.setattr(kernels, "BLOCK_ELEMENTS", 4096)
-    monkeypatch.setattr(kernels, "TILE_TOKENS", 64)
+    monkeypatch.setattr(reference, "VALUES_SPARSE_MAX_ROWS", sparse_rows)
+    monkeypatch.setattr(reference, "BLOCK_ELEMENTS", 4096)
+    monkeypatch.setattr(reference, "TILE_TOKENS", 64)
     gen = torch.Generator().manual_seed(3)
     codes = _codes(1, 2, 150, 4, 16, 64, gen)
     query = torch.randn(1, 4, 9, 16, generator=gen)
@@ -174,7 +182,7 @@ def test_fp8_decoding_is_exact_for_every_value():
     every = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn)
     expected = every.float()
     finite = ~torch.isnan(expected)
-    assert torch.equal(kernels.coefs_to_float(every)[finite], expected[finite])
+    assert torch.equal(coefs_to_float(every)[finite], expected[finite])
 
 
 def test_fp8_codes_read_as_stored():
@@ -208,3 +216,97 @@ def test_untagged_keys_are_exactly_sdpa(q_len):
     capped, _ = lexico_attention_forward(module, query, key, value, None, scaling=0.25, softcap=3.0)
     ref = _dense_reference(query, key, value, _causal(q_len, 12), 0.25, softcap=3.0)
     torch.testing.assert_close(capped.double(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_untagged_keys_with_a_mask_of_their_length_are_exactly_sdpa():
+    """An explicit mask covering exactly the keys (DynamicCache with padding, sliding layers) still goes to sdpa."""
+    gen = torch.Generator().manual_seed(11)
+    query = torch.randn(2, 4, 3, 16, generator=gen)
+    key, value = torch.randn(2, 2, 12, 16, generator=gen), torch.randn(2, 2, 12, 16, generator=gen)
+    mask = _causal(3, 12).expand(2, 1, 3, 12).clone()
+    mask[1, ..., :4] = False  # row 1 left-padded
+    module = _Module()
+    expected, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.25)
+    got, _ = lexico_attention_forward(module, query, key, value, mask, scaling=0.25)
+    assert torch.equal(got, expected)
+
+
+def test_untagged_keys_shorter_than_the_mask_are_refused():
+    """Keys without the layer tag that the mask says are not all the keys: tokens went missing, no sdpa."""
+    gen = torch.Generator().manual_seed(12)
+    query = torch.randn(1, 4, 3, 16, generator=gen)
+    key, value = torch.randn(1, 2, 5, 16, generator=gen), torch.randn(1, 2, 5, 16, generator=gen)
+    with pytest.raises(LostLayerTagError, match="mask spans 20 keys but 5 untagged keys"):
+        lexico_attention_forward(_Module(), query, key, value, _causal(3, 20), scaling=0.25)
+
+
+def _filled_cache(model):
+    """A LexicoCache on ``model`` after 12 tokens (one window of 4 compressed per Lexico layer)."""
+    cache = LexicoCache.from_model(model, random_dictionary(model), CacheConfig(sparsity=4, buffer=8, window=4))
+    ids = torch.randint(0, 128, (1, 12), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        model(ids, past_key_values=cache)
+    assert all(layer.compressed_length == 4 for layer in cache.lexico_layers)
+    return cache
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_decode_with_keys_that_lost_the_tag_raises(tiny_model, arch, monkeypatch):
+    """A decode step (no mask) whose key tensor was replaced after the cache update: the values' tag tells."""
+    model = tiny_model(arch)
+    cache = _filled_cache(model)
+    update = LexicoLayer.update
+
+    def untagged_keys(self, key_states, value_states, *args, **kwargs):
+        keys, values = update(self, key_states, value_states, *args, **kwargs)
+        return keys.clone(), values  # a new key tensor: the layer tag is gone
+
+    monkeypatch.setattr(LexicoLayer, "update", untagged_keys)
+    with torch.inference_mode(), pytest.raises(LostLayerTagError, match="keys .* do not"):
+        model(torch.tensor([[5]]), past_key_values=cache)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_chunk_with_keys_and_values_that_lost_the_tag_raises(tiny_model, arch, monkeypatch):
+    """A prefill chunk after compression whose keys and values were both replaced: the mask's length tells
+    (Gemma 3's sliding layers, whose masks match their keys, keep running through sdpa)."""
+    model = tiny_model(arch)
+    cache = _filled_cache(model)
+    update = LexicoCache.update
+
+    def untagged(self, key_states, value_states, layer_idx, *args, **kwargs):
+        keys, values = update(self, key_states, value_states, layer_idx, *args, **kwargs)
+        return keys.clone(), values.clone()
+
+    monkeypatch.setattr(LexicoCache, "update", untagged)
+    with torch.inference_mode(), pytest.raises(LostLayerTagError, match="mask spans 17 keys but 5 untagged"):
+        model(torch.arange(5).view(1, 5), past_key_values=cache)
+
+
+def test_decode_eligible_is_the_one_triton_predicate(monkeypatch):
+    """With Triton enabled (forced here) the decode kernels take one query token of a supported dtype over
+    post-RoPE codes, with a one-row mask spanning every key and no narrower sliding window; nothing else."""
+    monkeypatch.setattr(dispatch, "triton_enabled", lambda tensor: True)
+    gen = torch.Generator().manual_seed(13)
+    codes = _codes(2, 2, 30, 4, 16, 64, gen)
+    query, key = torch.randn(2, 4, 1, 16, generator=gen), torch.randn(2, 2, 6, 16, generator=gen)
+    row_mask = torch.ones(2, 1, 1, 36, dtype=torch.bool)
+    assert dispatch.decode_eligible(query, key, codes, None, None)
+    assert dispatch.decode_eligible(query, key, codes, row_mask, 36)
+    assert dispatch.decode_eligible(query, key, None, row_mask[..., :6], None)  # buffer only
+    rope = dataclasses.replace(codes, key_rope=(torch.ones(2, 30, 8), torch.zeros(2, 30, 8)))
+    declined = [
+        (torch.randn(2, 4, 2, 16, generator=gen), key, codes, None, None),  # two query tokens
+        (query.double(), key, codes, None, None),  # float64
+        (torch.randn(2, 3, 1, 16, generator=gen), key, codes, None, None),  # heads not a multiple of kv_heads
+        (query, key, rope, None, None),  # pre-RoPE codes
+        (query, key[:, :, :0], None, None, None),  # no keys
+        (query, key, codes, None, 35),  # sliding window narrower than the keys
+        (query, key, codes, torch.ones(2, 1, 2, 36, dtype=torch.bool), None),  # two mask rows
+        (query, key, codes, row_mask[..., :35], None),  # mask of the wrong length
+        (query, key, codes, row_mask[:, 0], None),  # 3-d mask
+    ]
+    for args in declined:
+        assert not dispatch.decode_eligible(*args)
+    monkeypatch.setattr(dispatch, "triton_enabled", lambda tensor: False)
+    assert not dispatch.decode_eligible(query, key, codes, None, None)  # CPU, no Triton, or LEXICO_TRITON=0

@@ -108,7 +108,7 @@ def test_kivi_cache_on_a_model(tiny_model):
     # 8 bits, chunks of 40: each call leaves 16 residual tokens (40 - 16 = 24, then 40 and 40 quantized)
     memory = cache.memory()
     per_head = 2 * 104 * 16 + 2 * 2 * 13 * 16 + 2 * 2 * 104 * 2 + 2 * 16 * 16 * 2
-    assert memory.held_bytes == 4 * 2 * per_head and memory.tokens == 120
+    assert memory.kv_bytes == 4 * 2 * per_head and max(layer.seen_tokens for layer in memory.layers) == 120
     assert memory.kv_fraction == pytest.approx(per_head / (2 * 120 * 16 * 2))
 
 
@@ -153,7 +153,7 @@ def test_eviction_fraction_in_fp16(tiny_model):
     with torch.inference_mode():
         model(torch.randint(0, 128, (1, 100)), past_key_values=cache)
     memory = cache.memory()
-    assert memory.held_bytes == 4 * 2 * 2 * 24 * 16 * 2 and memory.kv_fraction == pytest.approx(24 / 100)
+    assert memory.kv_bytes == 4 * 2 * 2 * 24 * 16 * 2 and memory.kv_fraction == pytest.approx(24 / 100)
 
 
 def test_gemma3_sliding_layers_stay_transformers_layers(tiny_model):

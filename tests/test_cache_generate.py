@@ -6,8 +6,10 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from lexico_chat.cache import LexicoCache, LexicoLayer, prefill
+from lexico_chat.cache import LexicoCache, LexicoLayer
+from lexico_chat.config import CacheConfig
 from lexico_chat.dictionary import LexicoDictionary
+from lexico_chat.engine.prefill import prefill
 from lexico_chat.errors import LexicoError
 from tests.conftest import TINY_ARCHS, identity_dictionary, lexico_generate, random_dictionary, reference_generate
 
@@ -19,7 +21,11 @@ def _ids(length, batch=1, seed=1, vocab=128):
 def _lossless(model, buffer=8, window=4, key_space="post_rope"):
     head_dim = model.config.head_dim
     dictionary = identity_dictionary(model, key_space)
-    return LexicoCache.from_model(model, dictionary, head_dim, buffer=buffer, window=window, coef_dtype=torch.float32)
+    return LexicoCache.from_model(
+        model,
+        dictionary,
+        CacheConfig(sparsity=head_dim, buffer=buffer, window=window, coef_dtype="float32", buffer_dtype="float32"),
+    )
 
 
 KEY_SPACES = ["post_rope", "pre_rope"]
@@ -39,7 +45,7 @@ def test_lossless_generate_equals_dynamic_cache(tiny_model, arch, key_space):
 
 def test_gemma3_sliding_layers_stay_uncompressed(tiny_model):
     model = tiny_model("gemma3")
-    cache = LexicoCache.from_model(model, random_dictionary(model), 4, buffer=8, window=4)
+    cache = LexicoCache.from_model(model, random_dictionary(model), CacheConfig(sparsity=4, buffer=8, window=4))
     lexico_generate(model, _ids(30), 10, cache)
     kinds = [type(layer).__name__ for layer in cache.layers]
     assert kinds == ["DynamicSlidingWindowLayer", "LexicoLayer"] * 2
@@ -56,7 +62,9 @@ def test_lossy_cache_changes_logits_only_through_compression(tiny_model, arch):
     dictionary they move (the compressed path is really used)."""
     model = tiny_model(arch)
     ids = _ids(12)
-    cache = LexicoCache.from_model(model, random_dictionary(model), 4, buffer=8, window=4)
+    cache = LexicoCache.from_model(
+        model, random_dictionary(model), CacheConfig(sparsity=4, buffer=8, window=4, buffer_dtype="float32")
+    )
     with torch.inference_mode():
         ref = model(ids, past_key_values=DynamicCache(config=model.config)).logits
         first = model(ids[:, :8], past_key_values=cache).logits  # 8 tokens: nothing compressed yet
@@ -137,7 +145,7 @@ def test_chunked_prefill_matches_full_forward(tiny_model, key_space):
 
 def test_cache_refuses_other_attention_and_wrong_dictionary(tiny_model):
     model = tiny_model("llama")
-    cache = LexicoCache(identity_dictionary(model), 4, config=model.config)
+    cache = LexicoCache(identity_dictionary(model), CacheConfig(sparsity=4), model_config=model.config)
     previous = model.config._attn_implementation
     model.set_attn_implementation("sdpa")
     try:
@@ -148,9 +156,9 @@ def test_cache_refuses_other_attention_and_wrong_dictionary(tiny_model):
     full = random_dictionary(model)
     two_layers = LexicoDictionary(full.keys[:2], full.values[:2], dataclasses.replace(full.meta, num_layers=2))
     with pytest.raises(LexicoError, match="layers"):
-        LexicoCache.from_model(model, two_layers, 4)
+        LexicoCache.from_model(model, two_layers, CacheConfig(sparsity=4))
     with pytest.raises(LexicoError, match="sparsity"):
-        LexicoCache.from_model(model, identity_dictionary(model), 17)
+        LexicoCache.from_model(model, identity_dictionary(model), CacheConfig(sparsity=17))
 
 
 @pytest.mark.gpu
@@ -181,7 +189,9 @@ def test_default_model_lossless_greedy_64_tokens(default_model, key_space):
     )["input_ids"]
     expected = reference_generate(model, ids, 64)
     cache = LexicoCache.from_model(
-        model, identity_dictionary(model, key_space), 64, buffer=16, window=32, coef_dtype=torch.float32
+        model,
+        identity_dictionary(model, key_space),
+        CacheConfig(sparsity=64, buffer=16, window=32, coef_dtype="float32", buffer_dtype="float32"),
     )
     got = lexico_generate(model, ids, 64, cache)
     assert cache.memory().compressed_tokens > ids.shape[1]  # most of the context was compressed

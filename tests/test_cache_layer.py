@@ -7,6 +7,8 @@ import torch
 
 from lexico_chat.cache import LexicoCache, LexicoLayer
 from lexico_chat.cache.store import MIN_CAPACITY
+from lexico_chat.config import CacheConfig
+from lexico_chat.errors import LexicoError
 from lexico_chat.omp import omp, reconstruct
 from tests.conftest import random_dictionary
 
@@ -24,7 +26,7 @@ def _states(b, h, t, m, seed):
 
 @pytest.mark.parametrize("buffer,window", [(8, 4), (0, 4), (5, 32), (128, 32)])
 def test_schedule_keeps_buffer_and_compresses_whole_windows(buffer, window):
-    layer = LexicoLayer(*_dicts(), 4, buffer=buffer, window=window)
+    layer = LexicoLayer(*_dicts(), CacheConfig(sparsity=4, buffer=buffer, window=window, buffer_dtype="float32"))
     seen = 0
     for step, t in enumerate([1, 3, 70, 1, 1, 200, 1, 5]):
         k, v = _states(1, 2, t, 16, step)
@@ -43,7 +45,13 @@ def test_schedule_keeps_buffer_and_compresses_whole_windows(buffer, window):
 def test_codes_are_one_batched_omp_of_the_oldest_tokens():
     """Stored codes equal OMP of the evicted tokens (flattened over batch, heads, tokens), stored as fp32."""
     dk, dv = _dicts()
-    layer = LexicoLayer(dk, dv, 4, buffer=6, window=4, coef_dtype=torch.float32, select_dtype=torch.float32)
+    layer = LexicoLayer(
+        dk,
+        dv,
+        CacheConfig(
+            sparsity=4, buffer=6, window=4, coef_dtype="float32", select_dtype="float32", buffer_dtype="float32"
+        ),
+    )
     k, v = _states(2, 3, 11, 16, 1)
     layer.update(k, v)  # 11 held, excess 5 -> two windows (8 tokens) compressed
     assert layer.compressed_length == 8 and layer.buffer_length == 3
@@ -58,7 +66,7 @@ def test_codes_are_one_batched_omp_of_the_oldest_tokens():
 
 
 def test_fp8_coefficients_saturate_instead_of_overflowing():
-    layer = LexicoLayer(*_dicts(), 4, buffer=0, window=1)
+    layer = LexicoLayer(*_dicts(), CacheConfig(sparsity=4, buffer=0, window=1))
     k, v = _states(1, 1, 3, 16, 2)
     layer.update(k * 1e4, v)  # coefficients far beyond float8_e4m3fn's 448
     _, coef = layer.key_codes.view()
@@ -68,7 +76,7 @@ def test_fp8_coefficients_saturate_instead_of_overflowing():
 
 def test_append_cost_does_not_grow_with_length():
     """Storage is reused in place between doublings: O(log T) reallocations, stable data pointers."""
-    layer = LexicoLayer(*_dicts(), 4, buffer=16, window=8)
+    layer = LexicoLayer(*_dicts(), CacheConfig(sparsity=4, buffer=16, window=8))
     pointers, buffer_pointers, steps = [], set(), 2000
     for step in range(steps):
         layer.update(*_states(1, 2, 1, 16, step))
@@ -86,7 +94,7 @@ def test_append_cost_does_not_grow_with_length():
 
 
 def test_compressed_codes_never_move():
-    layer = LexicoLayer(*_dicts(), 4, buffer=4, window=4)
+    layer = LexicoLayer(*_dicts(), CacheConfig(sparsity=4, buffer=4, window=4))
     layer.update(*_states(1, 2, 12, 16, 0))
     first = layer.key_codes.view()[0].clone(), layer.key_codes.view()[1].clone()
     for step in range(300):
@@ -102,7 +110,11 @@ def _held_bytes(tensor):
 @pytest.mark.parametrize("coef_dtype,per_vector", [(torch.float8_e4m3fn, 3), (torch.float16, 4), (torch.float32, 6)])
 def test_memory_equals_bytes_of_tensors_held(tiny_model, coef_dtype, per_vector):
     model = tiny_model("gemma3")  # two compressed and two sliding-window layers
-    cache = LexicoCache.from_model(model, random_dictionary(model), 4, buffer=8, window=4, coef_dtype=coef_dtype)
+    cache = LexicoCache.from_model(
+        model,
+        random_dictionary(model),
+        CacheConfig(sparsity=4, buffer=8, window=4, coef_dtype=str(coef_dtype).removeprefix("torch.")),
+    )
     with torch.inference_mode():
         model(torch.arange(30).unsqueeze(0), past_key_values=cache)
         model(torch.arange(3).unsqueeze(0), past_key_values=cache)
@@ -121,8 +133,12 @@ def test_memory_equals_bytes_of_tensors_held(tiny_model, coef_dtype, per_vector)
             buffer += _held_bytes(layer.keys) + _held_bytes(layer.values)
             buffer_alloc += layer.keys.untyped_storage().nbytes() + layer.values.untyped_storage().nbytes()
             fp16 += 2 * layer.keys.shape[2] * 16 * 2
-    assert (mem.compressed_bytes, mem.allocated_bytes, mem.buffer_bytes) == (compressed, allocated, buffer)
-    assert (mem.buffer_allocated_bytes, mem.fp16_bytes, mem.dictionary_bytes) == (buffer_alloc, fp16, dictionary)
+    assert (mem.compressed_bytes, mem.allocated_bytes, mem.buffer_bytes) == (
+        compressed,
+        allocated + buffer_alloc,
+        buffer,
+    )
+    assert (mem.fp16_bytes, mem.dictionary_bytes) == (fp16, dictionary)
     assert mem.compressed_tokens == 28 and mem.buffer_tokens == 5
     assert mem.compressed_bytes == 2 * 2 * 28 * 4 * per_vector  # layers x (K, V) x tokens x s x bytes per atom
     assert mem.kv_fraction == pytest.approx((compressed + buffer) / fp16)
@@ -134,11 +150,15 @@ def test_memory_equals_bytes_of_tensors_held(tiny_model, coef_dtype, per_vector)
 def test_invalid_settings_name_the_parameter():
     dk, dv = _dicts()
     with pytest.raises(ValueError, match="sparsity"):
-        LexicoLayer(dk, dv, 17)
-    with pytest.raises(ValueError, match="coef_dtype"):
-        LexicoLayer(dk, dv, 4, coef_dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match="window"):
-        LexicoLayer(dk, dv, 4, window=0)
-    layer = LexicoLayer(dk, dv, 4)
+        LexicoLayer(dk, dv, CacheConfig(sparsity=17))
+    with pytest.raises(LexicoError, match=r"--coef-dtype must be one of .* got 'bfloat16'"):
+        CacheConfig(sparsity=4, coef_dtype="bfloat16")
+    with pytest.raises(LexicoError, match="--window must be >= 1, got 0"):
+        CacheConfig(sparsity=4, window=0)
+    with pytest.raises(LexicoError, match="--buffer must be >= 0, got -1"):
+        CacheConfig(buffer=-1)
+    with pytest.raises(LexicoError, match="--sparsity must be an integer, got '8'"):
+        CacheConfig(sparsity="8")
+    layer = LexicoLayer(dk, dv, CacheConfig(sparsity=4))
     with pytest.raises(NotImplementedError):
         layer.crop(-1)

@@ -3,7 +3,9 @@
 import torch
 from transformers import DynamicCache
 
-from lexico_chat.cache import LexicoCache, prefill
+from lexico_chat.cache import LexicoCache
+from lexico_chat.config import CacheConfig
+from lexico_chat.engine.prefill import prefill
 from lexico_chat.evals.speed import context_ids, interleaved_decode, interleaved_prefill, speed_eval
 from tests.conftest import identity_dictionary
 
@@ -14,7 +16,11 @@ def test_interleaved_runs_equal_separate_runs(tiny_model):
     dictionary = identity_dictionary(model)
 
     def lexico():
-        return LexicoCache.from_model(model, dictionary, 16, buffer=8, window=4, coef_dtype=torch.float32)
+        return LexicoCache.from_model(
+            model,
+            dictionary,
+            CacheConfig(sparsity=16, buffer=8, window=4, coef_dtype="float32", buffer_dtype="float32"),
+        )
 
     caches = [DynamicCache(config=model.config), lexico()]
     seconds, logits = interleaved_prefill(model, ids, caches, chunk_size=32)

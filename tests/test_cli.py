@@ -1,4 +1,9 @@
-"""Bad input on the command line: one line on stderr, exit code 2, no traceback."""
+"""Bad input on the command line: one line on stderr, exit code 2, no traceback; what commands print
+(results on stdout, progress bars on stderr); nothing imports the CLI back."""
+
+import ast
+import json
+from pathlib import Path
 
 import pytest
 
@@ -95,3 +100,70 @@ def test_sparsity_above_head_dim(capsys, tmp_path):
     _one_line_error(
         *_run(capsys, "--dictionary", str(path), "--sparsity", "65", "--prompt", "hi"), "--sparsity must be in [1, 64]"
     )
+
+
+def test_emit_prints_json_or_key_value_lines(capsys):
+    from lexico_chat.output import emit
+
+    result = {"tokens": 3, "rows": [{"s": 4}], "ppl": 1.5}
+    emit(result, as_json=True)
+    assert json.loads(capsys.readouterr().out) == result
+    emit(result, as_json=False)
+    assert capsys.readouterr().out.splitlines() == ["tokens: 3", 'rows: [{"s": 4}]', "ppl: 1.5"]
+
+
+def test_no_library_module_imports_the_cli():
+    """The CLI imports the evals and train_cli; none of them (nor any other module) imports it back."""
+    package = Path(__file__).parent.parent / "lexico_chat"
+    offenders = []
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            if "lexico_chat.cli" in names:
+                offenders.append(str(path.relative_to(package)))
+    assert offenders == []
+
+
+def test_progress_bar_counts_units_across_stages(capsys):
+    from lexico_chat.progress import ProgressBar
+
+    with ProgressBar(10, "compare", unit="tok") as bar:
+        bar.stage("full fp16")(4)
+        update = bar.stage("lexico s=8")
+        update(3)
+        update(3)
+        assert (bar.done, bar.total) == (10, 10)
+    err = capsys.readouterr().err
+    assert "compare: lexico s=8" in err and "10/10" in err
+    assert capsys.readouterr().out == ""
+
+
+def test_stage_bar_opens_one_bar_per_stage(capsys):
+    from lexico_chat.progress import StageBar
+
+    bar = StageBar()
+    bar("collect", 4, 10)
+    bar("collect", 10, 10)
+    first = bar.bar
+    bar("layer 0 keys rre 0.500", 1, 3)
+    bar("layer 0 keys rre 0.400", 2, 3)
+    assert bar.bar is not first and bar.key == "layer 0 keys"
+    assert (bar.bar.done, bar.bar.total) == (2, 3)
+    bar.close()
+    assert bar.bar is None
+    assert "layer 0 keys rre 0.400" in capsys.readouterr().err
+
+
+def test_disabled_bars_print_nothing(capsys):
+    from lexico_chat.progress import ProgressBar, StageBar
+
+    with ProgressBar(5, "niah", disable=True) as bar:
+        bar.stage("trials")(5)
+    stages = StageBar(disable=True)
+    stages("collect", 3, 3)
+    stages.close()
+    assert capsys.readouterr().err == ""

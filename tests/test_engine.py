@@ -8,6 +8,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from lexico_chat.config import CacheConfig
 from lexico_chat.dictionary import LexicoDictionary
 from lexico_chat.engine.options import SessionOptions
 from lexico_chat.engine.session import ChatSession
@@ -18,7 +19,7 @@ from lexico_chat.errors import LexicoError
 pytestmark = pytest.mark.slow
 
 GREEDY = SamplingConfig(max_new_tokens=12)
-OPTIONS = SessionOptions(sparsity=8, buffer=16, window=8, prefill_chunk=64)
+OPTIONS = SessionOptions(cache=CacheConfig(sparsity=8, buffer=16, window=8), prefill_chunk=64)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from lexico_chat.config import CacheConfig
 from lexico_chat.engine.options import SessionOptions
 from lexico_chat.engine.session import ChatSession
 from lexico_chat.engine.types import SamplingConfig
@@ -48,7 +49,9 @@ def _found(default_model, folder, cache: str, sparsity: int) -> dict[float, bool
     for sentence, question, answer, depth in FACTS:
         doc = folder / f"doc-{depth}.txt"
         doc.write_text(_plant(haystack, sentence, depth))
-        session = ChatSession(default_model, SessionOptions(cache=cache, sparsity=sparsity, atoms=4096))
+        session = ChatSession(
+            default_model, SessionOptions(cache=CacheConfig(kind=cache, sparsity=sparsity, atoms=4096))
+        )
         reply = "".join(session.ask_document(str(doc), question, sampling))
         assert session.last_prefill_tokens > 2900
         found[depth] = answer.lower() in reply.lower()

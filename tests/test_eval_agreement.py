@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from lexico_chat.config import CacheConfig
 from lexico_chat.evals.agreement import agreement_eval, chunk_statistics
 from tests.conftest import identity_dictionary, random_dictionary
 
@@ -22,12 +23,13 @@ def test_chunk_statistics_by_hand():
     assert agree == 1 and kl == pytest.approx(0.25 * math.log(2), rel=1e-12)
 
 
+LOSSLESS = CacheConfig(buffer=16, window=8, coef_dtype="float32", buffer_dtype="float32")
+
+
 def test_lossless_dictionary_agrees_everywhere(tiny_model):
     model = tiny_model("llama")
     ids = _ids()
-    result = agreement_eval(
-        model, ids, identity_dictionary(model), (16,), buffer=16, window=8, chunk_size=40, coef_dtype=torch.float32
-    )
+    result = agreement_eval(model, ids, identity_dictionary(model), (16,), config=LOSSLESS, chunk_size=40)
     (row,) = result["rows"]
     assert result["tokens"] == 160 and row["sparsity"] == 16
     assert row["agreement"] == 1.0 and row["kl"] == pytest.approx(0.0, abs=1e-9)
@@ -36,7 +38,7 @@ def test_lossless_dictionary_agrees_everywhere(tiny_model):
 def _lexico_logits(model, ids, dictionary, sparsity, chunk):
     from lexico_chat.cache import LexicoCache
 
-    cache = LexicoCache.from_model(model, dictionary, sparsity, buffer=16, window=8)
+    cache = LexicoCache.from_model(model, dictionary, CacheConfig(sparsity=sparsity, buffer=16, window=8))
     with torch.inference_mode():
         parts = [model(ids[:, s : s + chunk], past_key_values=cache).logits[0] for s in range(0, ids.shape[1], chunk)]
     model.set_attn_implementation("sdpa")
@@ -46,7 +48,7 @@ def _lexico_logits(model, ids, dictionary, sparsity, chunk):
 def test_lossy_dictionary_matches_independent_kl(tiny_model):
     model = tiny_model("llama")
     ids, dictionary = _ids(), random_dictionary(model)
-    result = agreement_eval(model, ids, dictionary, (4, 8), buffer=16, window=8, chunk_size=40)
+    result = agreement_eval(model, ids, dictionary, (4, 8), config=CacheConfig(buffer=16, window=8), chunk_size=40)
     with torch.inference_mode():
         full = model(ids).logits[0].double()  # one forward, no cache
     for row in result["rows"]:

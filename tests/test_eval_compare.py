@@ -6,20 +6,19 @@ import math
 import pytest
 import torch
 
+from lexico_chat.config import CacheConfig
 from lexico_chat.evals.compare import CompareSettings, compare_eval, eviction_window, plot_compare
 from tests.conftest import identity_dictionary
 
 T, M, HEADS, LAYERS = 200, 16, 2, 4
 SETTINGS = CompareSettings(
     sparsities=(4, 16),
-    buffer=16,
-    window=8,
+    cache=CacheConfig(buffer=16, window=8, coef_dtype="float32", buffer_dtype="float32"),
     residual=16,
     group=8,
     sink=2,
     chunk_size=48,
     eviction_chunk=8,
-    coef_dtype=torch.float32,
 )
 
 
@@ -46,6 +45,7 @@ def _lexico_tokens(total, chunk, buffer, window):
 @pytest.fixture(scope="module")
 def result(tiny_model):
     model = tiny_model("llama")
+    model.set_attn_implementation("sdpa")  # whatever earlier tests left: compare_eval must restore this
     return compare_eval(model, _ids(), identity_dictionary(model), SETTINGS)
 
 

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from lexico_chat.config import CacheConfig
 from lexico_chat.dictionary import LexicoDictionary
 from lexico_chat.evals.perplexity import chunked_nll, perplexity, perplexity_eval
 from tests.conftest import identity_dictionary, random_dictionary
@@ -42,11 +43,8 @@ def test_lossless_lexico_ppl_equals_full(tiny_model, arch):
         model,
         ids,
         identity_dictionary(model),
-        sparsity=16,
-        buffer=16,
-        window=8,
+        config=CacheConfig(sparsity=16, buffer=16, window=8, coef_dtype="float32", buffer_dtype="float32"),
         chunk_size=48,
-        coef_dtype=torch.float32,
     )
     expected, _ = _independent_ppl(model, ids)
     assert set(result) == {"tokens", "full_ppl", "lexico_ppl", "kv_fraction"} and result["tokens"] == 200
@@ -56,7 +54,9 @@ def test_lossless_lexico_ppl_equals_full(tiny_model, arch):
 
 def test_lossy_dictionary_reports_its_cost(tiny_model):
     model = tiny_model("llama")
-    result = perplexity_eval(model, _ids(200), random_dictionary(model), sparsity=4, buffer=16, window=8, chunk_size=64)
+    result = perplexity_eval(
+        model, _ids(200), random_dictionary(model), config=CacheConfig(sparsity=4, buffer=16, window=8), chunk_size=64
+    )
     assert result["lexico_ppl"] != pytest.approx(result["full_ppl"], abs=1e-3)
     # 4 layers x 2 (K, V) x 2 KV heads: 184 compressed tokens at 3 bytes x s=4, 16 fp32 buffer tokens of 16 dims
     compressed, buffer, fp16 = 184 * 12, 16 * 16 * 4, 200 * 16 * 2

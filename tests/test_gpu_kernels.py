@@ -1,4 +1,5 @@
-"""Triton kernels (lexico_chat.gpu) against the PyTorch path, on CPU through Triton's interpreter.
+"""Triton kernels (``lexico_chat.attention.triton_decode``, ``lexico_chat.gpu.pursuit``) against the PyTorch
+path, on CPU through Triton's interpreter; the problems come from ``tests/kernel_cases.py``.
 
 TRITON_INTERPRET=1 must be set before triton is first imported (triton's own library functions are
 ``@jit`` functions, made interpreted or compiled at import) and transformers imports triton early. So,
@@ -31,10 +32,11 @@ if not INTERPRETED:
 
 
 if INTERPRETED:
-    from lexico_chat import gpu
-    from lexico_chat.gpu.cases import TOLERANCE, check_decode, check_omp, decode_case, unit_dictionary
+    from lexico_chat import accel
+    from lexico_chat.attention.dispatch import decode_eligible
     from lexico_chat.gpu.pursuit import omp as fused_omp
     from lexico_chat.omp import omp, reconstruct
+    from tests.kernel_cases import TOLERANCE, check_decode, check_omp, decode_case, unit_dictionary
 
     DECODE_CASES = [
         # compressed, buffer, batch, kv_heads, groups, head_dim, sparsity, dtype, coef_dtype, softcap, mask
@@ -63,15 +65,14 @@ if INTERPRETED:
         bias = torch.zeros(case.mask.shape).masked_fill_(~case.mask, -1e4)
         assert check_decode(dataclasses.replace(case, mask=bias)) < TOLERANCE[torch.float32]
 
-    def test_hooks_decline_on_cpu_and_when_switched_off():
+    def test_kernels_decline_on_cpu_and_when_switched_off():
         case = decode_case()
-        args = (case.query, case.key, case.value, case.compressed, None)
-        assert gpu.available()
-        assert gpu.try_decode_attention(*args, scaling=case.scaling) is None  # CPU tensors: PyTorch path
-        assert gpu.try_omp(torch.randn(4, 16), unit_dictionary(16, 64, torch.Generator()), 4) is None
-        with gpu.pytorch_path():
-            assert os.environ[gpu.ENV_SWITCH] == "0"
-        assert os.environ.get(gpu.ENV_SWITCH) != "0"
+        assert accel.triton_available()
+        assert not decode_eligible(case.query, case.key, case.compressed, None, None)  # CPU tensors: PyTorch path
+        assert not accel.triton_enabled(torch.randn(4, 16))  # the OMP's CPU vectors: PyTorch path
+        with accel.pytorch_path():
+            assert os.environ[accel.ENV_SWITCH] == "0"
+        assert os.environ.get(accel.ENV_SWITCH) != "0"
 
     def _omp_inputs(n, m, atoms, seed):
         gen = torch.Generator().manual_seed(seed)

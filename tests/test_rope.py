@@ -5,6 +5,7 @@ import torch
 from transformers import DynamicCache
 
 from lexico_chat.cache import LexicoCache
+from lexico_chat.config import CacheConfig
 from lexico_chat.engine.cache_state import export_cache, import_cache
 from lexico_chat.models import model_dims
 from lexico_chat.rope import RopeTable, probe_for, rotate, rotate_, unrotate
@@ -63,14 +64,14 @@ def test_memory_counts_the_table_and_state_round_trips(tiny_model):
     model = tiny_model("llama")
     dictionary = random_dictionary(model, key_space="pre_rope")
     ids = torch.randint(0, 128, (1, 30), generator=torch.Generator().manual_seed(4))
-    cache = LexicoCache.from_model(model, dictionary, 4, buffer=8, window=4)
+    cache = LexicoCache.from_model(model, dictionary, CacheConfig(sparsity=4, buffer=8, window=4))
     lexico_generate(model, ids, 6, cache)
     memory = cache.memory()
     half = model_dims(model.config).head_dim // 2
     assert memory.rope_bytes == 2 * 35 * half * 4  # cos + sin of the 35 tokens held, fp32
     assert memory.kv_bytes == memory.compressed_bytes + memory.buffer_bytes + memory.rope_bytes
     tensors, facts = export_cache(cache)
-    restored = LexicoCache.from_model(model, dictionary, 4, buffer=8, window=4)
+    restored = LexicoCache.from_model(model, dictionary, CacheConfig(sparsity=4, buffer=8, window=4))
     import_cache(restored, tensors, facts, torch.device("cpu"))
     follow = torch.randint(0, 128, (1, 7), generator=torch.Generator().manual_seed(5))
     with torch.inference_mode():
@@ -85,7 +86,7 @@ def test_empty_pre_rope_cache_round_trips(tiny_model):
     """A pre-RoPE cache that holds no tokens yet saves without a rotary table and loads back."""
     model = tiny_model("llama")
     dictionary = random_dictionary(model, key_space="pre_rope")
-    tensors, facts = export_cache(LexicoCache.from_model(model, dictionary, 4))
-    restored = LexicoCache.from_model(model, dictionary, 4)
+    tensors, facts = export_cache(LexicoCache.from_model(model, dictionary, CacheConfig(sparsity=4)))
+    restored = LexicoCache.from_model(model, dictionary, CacheConfig(sparsity=4))
     import_cache(restored, tensors, facts, torch.device("cpu"))
     assert restored.rope_table.length == 0 and restored.get_seq_length() == 0

@@ -6,11 +6,15 @@ import subprocess
 import sys
 import threading
 
+import pytest
 from textual.widgets.markdown import MarkdownFence
 
+from lexico_chat import lookup
+from lexico_chat.errors import LexicoError, MissingDictionaryError
+from lexico_chat.models import ModelDims
+from lexico_chat.tui.screens.load_error import LoadErrorDialog
 from lexico_chat.tui.widgets.assistant_message import AssistantMessage
 from lexico_chat.tui.widgets.chat_view import ChatView
-from lexico_chat.tui.widgets.load_error_dialog import LoadErrorDialog
 from lexico_chat.tui.widgets.prompt_input import PromptInput
 from lexico_chat.tui.widgets.status_bar import StatusBar
 from lexico_chat.tui.widgets.user_message import UserMessage
@@ -22,8 +26,8 @@ from tests.tui_fake import (
     chat_turn,
     fake_stats,
     make_app,
-    missing_dictionary_factory,
     pilot_test,
+    raising_factory,
     ready,
     submit,
     wait_for,
@@ -159,15 +163,56 @@ async def test_chat_follows_the_bottom_unless_scrolled_up() -> None:
         assert chat.scroll_y == chat.max_scroll_y
 
 
-@pilot_test
-async def test_missing_dictionary_dialog() -> None:
-    app = RecordingApp(missing_dictionary_factory())
-    async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: isinstance(app.screen, LoadErrorDialog) and app.screen.query("#train-command"))
-        command = str(app.screen.query_one("#train-command").render())
-        assert command == "lexico-chat train-dictionary --model HuggingFaceTB/SmolLM2-135M-Instruct --atoms 4096"
-        await pilot.press("escape")
-        await wait_for(pilot, lambda: not app.is_running)
+def test_missing_dictionary_dialog_shows_the_error_command(tmp_path, monkeypatch) -> None:
+    """The dialog shows the command the real lookup's MissingDictionaryError carries, and copies it."""
+    monkeypatch.setenv("LEXICO_CHAT_HOME", str(tmp_path))
+    out = tmp_path / "dictionaries" / "Tiny-Model-N32.safetensors"
+    flags = f"--corpus FILE [FILE ...] --atoms 32 --sparsity 8 --out {out}"
+    command = f"lexico-chat train-dictionary --model org/Tiny-Model {flags}"
+    app = RecordingApp(lambda: lookup.find_dictionary("org/Tiny-Model", ModelDims(2, 3, 8, 128), 32))
+
+    @pilot_test
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, LoadErrorDialog))
+            dialog = app.screen
+            assert isinstance(dialog.error, MissingDictionaryError) and dialog.command == command
+            assert (dialog.error.model_id, dialog.error.atoms) == ("org/Tiny-Model", 32)
+            assert str(dialog.query_one("#train-command").render()) == dialog.error.command == command
+            assert str(dialog.query_one("#load-error-message").render()) == str(dialog.error)
+            assert dialog.error.estimate in str(dialog.error) and str(dialog.error).endswith(command)
+            await pilot.click("#copy-command")
+            assert app.clipboard == command
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: not app.is_running)
+
+    scenario()
+    assert app.return_code == 2
+
+
+@pytest.mark.parametrize(
+    "error,shown",
+    [
+        (LexicoError("model path not found: lexico-chat train-dictionary --model m"),
+         "model path not found: lexico-chat train-dictionary --model m"),  # a command in the text is not parsed
+        (RuntimeError("out of memory"), "RuntimeError: out of memory"),
+    ],
+)  # fmt: skip
+def test_other_load_errors_show_their_message(error, shown) -> None:
+    app = RecordingApp(raising_factory(error))
+
+    @pilot_test
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, LoadErrorDialog))
+            dialog = app.screen
+            assert str(dialog.query_one("#load-error-message").render()) == shown and dialog.command is None
+            assert not dialog.query("#train-command") and not dialog.query("#copy-command")
+            assert dialog.query_one("#load-error-panel").border_title == "Could not start the model"
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: not app.is_running)
+
+    scenario()
     assert app.return_code == 2
 
 

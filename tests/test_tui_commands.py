@@ -8,11 +8,11 @@ import pytest
 from textual.widgets import DataTable, Label, ProgressBar
 
 from lexico_chat.errors import LexicoError
+from lexico_chat.tui.screens.stats import StatsScreen
 from lexico_chat.tui.widgets.assistant_message import AssistantMessage
 from lexico_chat.tui.widgets.document_progress import DocumentProgress
 from lexico_chat.tui.widgets.note import Note
 from lexico_chat.tui.widgets.prompt_input import PromptInput
-from lexico_chat.tui.widgets.stats_screen import StatsScreen
 from lexico_chat.tui.widgets.user_message import UserMessage
 from tests.tui_fake import (
     REPLY,

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from lexico_chat.errors import LexicoError
+from lexico_chat.errors import LexicoError, MissingDictionaryError
 from lexico_chat.tui.commands import CommandLine, default_session_path
-from lexico_chat.tui.format import human_bytes, pack_segments, ratio_text, status_segments
-from lexico_chat.tui.widgets.load_error_dialog import train_command
+from lexico_chat.tui.format import describe, human_bytes, pack_segments, ratio_text, status_segments
 from lexico_chat.tui.widgets.user_message import elide
-from tests.tui_fake import TRAIN_MESSAGE, fake_stats
+from tests.tui_fake import fake_stats
 
 
 @pytest.mark.parametrize(
@@ -59,12 +58,10 @@ def test_default_session_path(monkeypatch, tmp_path) -> None:
     assert path.name.startswith("session-19") and path.suffix == ".lexico"  # 1969 or 1970 by time zone
 
 
-def test_train_command_is_found_in_the_error() -> None:
-    assert train_command(TRAIN_MESSAGE) == (
-        "lexico-chat train-dictionary --model HuggingFaceTB/SmolLM2-135M-Instruct --atoms 4096"
-    )
-    assert train_command("run `lexico-chat train-dictionary --model m`.") == "lexico-chat train-dictionary --model m"
-    assert train_command("model not found") is None
+def test_errors_are_described_in_one_line() -> None:
+    missing = MissingDictionaryError("no dictionary", model_id="m", atoms=8, command="lexico-chat x", estimate="1 min")
+    assert describe(missing) == "no dictionary" and describe(LexicoError("bad path")) == "bad path"
+    assert describe(ValueError("boom")) == "ValueError: boom"
 
 
 def test_long_user_turns_are_elided() -> None:

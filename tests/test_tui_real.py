@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from lexico_chat.config import CacheConfig
 from lexico_chat.engine.options import SessionOptions
 from lexico_chat.engine.session import ChatSession
 from lexico_chat.engine.types import SamplingConfig
@@ -19,7 +20,8 @@ def test_real_model_streams_and_status_bar_matches_stats(default_model, tmp_path
     sessions = []
 
     def factory():
-        sessions.append(ChatSession(default_model, SessionOptions(sparsity=8, atoms=1024, buffer=16, window=8)))
+        options = SessionOptions(cache=CacheConfig(sparsity=8, atoms=1024, buffer=16, window=8))
+        sessions.append(ChatSession(default_model, options))
         return sessions[-1]
 
     doc = tmp_path / "doc.txt"

@@ -10,10 +10,10 @@ import time
 from collections.abc import Callable
 
 from lexico_chat.tui.app import LexicoApp
+from lexico_chat.tui.screens.load_error import LoadErrorDialog
+from lexico_chat.tui.screens.stats import StatsScreen
 from lexico_chat.tui.widgets.assistant_message import AssistantMessage
-from lexico_chat.tui.widgets.load_error_dialog import LoadErrorDialog
 from lexico_chat.tui.widgets.prompt_input import PromptInput
-from lexico_chat.tui.widgets.stats_screen import StatsScreen
 from lexico_chat.tui.widgets.status_bar import StatusBar
 from tests.tui_fake import FakeEngine, fake_stats, missing_dictionary_factory
 

@@ -11,16 +11,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 from lexico_chat.engine.types import IngestProgress, LayerStats, Message, SamplingConfig, SessionStats
-from lexico_chat.errors import LexicoError
+from lexico_chat.errors import MissingDictionaryError
 from lexico_chat.tui.app import LexicoApp
 from lexico_chat.tui.widgets.assistant_message import AssistantMessage
 from lexico_chat.tui.widgets.prompt_input import PromptInput
 
 REPLY = ("Hello", "! Here", " is", " code:\n\n", "```python\n", "print(", "'hi')\n", "```\n\n", "Done", ".")
-TRAIN_MESSAGE = (
-    "no dictionary for HuggingFaceTB/SmolLM2-135M-Instruct (atoms 4096); train one with: "
-    "lexico-chat train-dictionary --model HuggingFaceTB/SmolLM2-135M-Instruct --atoms 4096"
-)
+TRAIN_COMMAND = "lexico-chat train-dictionary --model HuggingFaceTB/SmolLM2-135M-Instruct --atoms 4096"
+TRAIN_MESSAGE = f"no dictionary for HuggingFaceTB/SmolLM2-135M-Instruct (atoms 4096); train one with: {TRAIN_COMMAND}"
 
 
 def layer_stats(layers: int = 4, compressed: int = 96, buffer: int = 32) -> tuple[LayerStats, ...]:
@@ -147,7 +145,10 @@ def raising_factory(err: Exception) -> Callable[[], FakeEngine]:
 
 
 def missing_dictionary_factory() -> Callable[[], FakeEngine]:
-    return raising_factory(LexicoError(TRAIN_MESSAGE))
+    """Raises a MissingDictionaryError with a short canned message (the snapshot shows it)."""
+    model_id, estimate = "HuggingFaceTB/SmolLM2-135M-Instruct", "about 1 min on 2 CPU cores"
+    err = MissingDictionaryError(TRAIN_MESSAGE, model_id=model_id, atoms=4096, command=TRAIN_COMMAND, estimate=estimate)
+    return raising_factory(err)
 
 
 # ---- Pilot helpers ------------------------------------------------------------------------------------------

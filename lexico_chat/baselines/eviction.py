@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from lexico_chat.baselines.cache import BaselineCache, BaselineLayer
+from lexico_chat.baselines.cache import BaselineLayer
 from lexico_chat.baselines.kivi import STORAGE_DTYPES
+from lexico_chat.cache.plan import PlannedCache
 
 __all__ = ["SinkWindowLayer", "EvictionCache"]
 
@@ -37,6 +38,8 @@ class SinkWindowLayer(BaselineLayer):
     keys, values : (b, h, min(seen, sink + window), m) kept tokens in ``dtype``, oldest first.
     seen_tokens : tokens received so far (kept or not).
     """
+
+    kind = "eviction"
 
     def __init__(self, sink: int = 4, window: int = 256, *, dtype: torch.dtype = torch.float16) -> None:
         super().__init__()
@@ -76,7 +79,7 @@ class SinkWindowLayer(BaselineLayer):
         return self.kept_tokens + query_length, self.seen_tokens - self.kept_tokens
 
 
-class EvictionCache(BaselineCache):
+class EvictionCache(PlannedCache):
     """A cache with a ``SinkWindowLayer`` at every full-attention layer (arguments as ``SinkWindowLayer``)."""
 
     def __init__(
@@ -89,5 +92,5 @@ class EvictionCache(BaselineCache):
         num_layers: int | None = None,
     ) -> None:
         SinkWindowLayer(sink, window, dtype=dtype)  # validate once
-        super().__init__(lambda: SinkWindowLayer(sink, window, dtype=dtype), config=config, num_layers=num_layers)
+        super().__init__(lambda _: SinkWindowLayer(sink, window, dtype=dtype), config=config, num_layers=num_layers)
         self.sink, self.window = sink, window

@@ -11,15 +11,16 @@
 
 ``update`` returns dequantized keys/values of every token (quantized ones first, then the residual),
 in the model's dtype, so any attention implementation works: this baseline measures quality per
-byte, not speed. ``held_bytes()`` counts codes, scales, zero-points and the residual window exactly.
+byte, not speed. ``memory()`` counts codes, scales, zero-points and the residual window exactly.
 """
 
 from __future__ import annotations
 
 import torch
 
-from lexico_chat.baselines.cache import BaselineCache, BaselineLayer
+from lexico_chat.baselines.cache import BaselineLayer
 from lexico_chat.baselines.quantize import BITS, dequantize, pack, quantize, unpack
+from lexico_chat.cache.plan import PlannedCache
 
 __all__ = ["KiviLayer", "KiviCache", "STORAGE_DTYPES"]
 
@@ -45,7 +46,8 @@ class KiviLayer(BaselineLayer):
     keys, values : (b, h, Tr, m) residual window in ``dtype``.
     """
 
-    held_tensors = ("key_codes", "key_scale", "key_zero", "value_codes", "value_scale", "value_zero", "keys", "values")
+    kind = "kivi"
+    compressed_tensors = ("key_codes", "key_scale", "key_zero", "value_codes", "value_scale", "value_zero")
 
     def __init__(
         self, bits: int = 2, *, group: int = 32, value_group: int = 32, residual: int = 128, dtype=torch.float16
@@ -145,7 +147,7 @@ class KiviLayer(BaselineLayer):
         return self.seen_tokens + query_length, 0
 
 
-class KiviCache(BaselineCache):
+class KiviCache(PlannedCache):
     """A cache with a ``KiviLayer`` at every full-attention layer (arguments as ``KiviLayer``)."""
 
     def __init__(
@@ -161,7 +163,7 @@ class KiviCache(BaselineCache):
     ) -> None:
         KiviLayer(bits, group=group, value_group=value_group, residual=residual, dtype=dtype)  # validate once
         super().__init__(
-            lambda: KiviLayer(bits, group=group, value_group=value_group, residual=residual, dtype=dtype),
+            lambda _: KiviLayer(bits, group=group, value_group=value_group, residual=residual, dtype=dtype),
             config=config,
             num_layers=num_layers,
         )

@@ -14,63 +14,53 @@ from __future__ import annotations
 import math
 
 import torch
-from transformers.cache_utils import CacheLayerMixin
 
-from lexico_chat.cache.kernels import CompressedKV
+from lexico_chat.attention import LAYER_TAG, CompressedKV
+from lexico_chat.cache.layer_base import CompactLayer
 from lexico_chat.cache.store import CodeStore, TokenBuffer
+from lexico_chat.config import CacheConfig
+from lexico_chat.memory import LayerMemory, fp16_bytes, tensor_bytes
 from lexico_chat.omp import omp
 from lexico_chat.rope import RopeProbe, RopeTable, unrotate
 
-__all__ = ["LexicoLayer", "LAYER_TAG", "COEF_DTYPES"]
-
-LAYER_TAG = "_lexico_layer"
-COEF_DTYPES = (torch.float8_e4m3fn, torch.float16, torch.float32)
+__all__ = ["LexicoLayer", "LAYER_TAG", "torch_dtype"]
 
 
-class LexicoLayer(CacheLayerMixin):
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype a ``CacheConfig`` dtype name stands for ("float8_e4m3fn" -> torch.float8_e4m3fn)."""
+    return getattr(torch, name)
+
+
+class LexicoLayer(CompactLayer):
     """Compressed KV cache of one full-attention layer.
 
     Parameters
     ----------
     key_dictionary, value_dictionary : (head_dim, N) unit-norm atoms of this layer (any device/dtype;
         cast once to the layer's device in fp32 on first use).
-    sparsity : atoms per vector, 1 <= s <= min(head_dim, N).
-    buffer : recent tokens kept in full precision (>= 0).
-    window : tokens compressed at a time (>= 1).
-    coef_dtype : storage dtype of coefficients, one of ``COEF_DTYPES``.
-    select_dtype : dtype OMP uses to choose atoms (see ``lexico_chat.omp.omp``).
+    config : the cache settings (sparsity, buffer, window, storage dtypes); checked against the
+        dictionary here.
     rope : (table, probe) for a pre-RoPE key dictionary: the cache's shared ``RopeTable`` and the model's
         ``RopeProbe``; None (default) when the key atoms code post-RoPE keys.
     """
-
-    is_sliding = False
-    is_compileable = False
-    is_croppable = False
 
     def __init__(
         self,
         key_dictionary: torch.Tensor,
         value_dictionary: torch.Tensor,
-        sparsity: int,
+        config: CacheConfig,
         *,
-        buffer: int = 128,
-        window: int = 32,
-        coef_dtype: torch.dtype = torch.float8_e4m3fn,
-        select_dtype: torch.dtype = torch.bfloat16,
         rope: tuple[RopeTable, RopeProbe] | None = None,
     ) -> None:
         super().__init__()
         head_dim, atoms = key_dictionary.shape
         if tuple(value_dictionary.shape) != (head_dim, atoms):
             raise ValueError(f"value dictionary must be {(head_dim, atoms)}, got {tuple(value_dictionary.shape)}")
-        if not 1 <= sparsity <= min(head_dim, atoms):
-            raise ValueError(f"`sparsity` must be in [1, {min(head_dim, atoms)}], got {sparsity}")
-        if buffer < 0 or window < 1:
-            raise ValueError(f"`buffer` must be >= 0 and `window` >= 1, got buffer={buffer}, window={window}")
-        if coef_dtype not in COEF_DTYPES:
-            raise ValueError(f"`coef_dtype` must be one of {list(COEF_DTYPES)}, got {coef_dtype}")
-        self.sparsity, self.buffer, self.window = sparsity, buffer, window
-        self.coef_dtype, self.select_dtype = coef_dtype, select_dtype
+        if not 1 <= config.sparsity <= min(head_dim, atoms):
+            raise ValueError(f"`sparsity` must be in [1, {min(head_dim, atoms)}], got {config.sparsity}")
+        self.config = config
+        self.sparsity, self.buffer, self.window = config.sparsity, config.buffer, config.window
+        self.coef_dtype, self.select_dtype = torch_dtype(config.coef_dtype), torch_dtype(config.select_dtype)
         self._source = (key_dictionary, value_dictionary)
         self.rope_table, self.rope_probe = rope if rope is not None else (None, None)
         self.key_dictionary: torch.Tensor | None = None
@@ -89,9 +79,18 @@ class LexicoLayer(CacheLayerMixin):
         self.value_dictionary = self._source[1].to(self.device, torch.float32).t().contiguous().t()
         self.key_codes = CodeStore(b, h, self.sparsity, self.coef_dtype, self.device)
         self.value_codes = CodeStore(b, h, self.sparsity, self.coef_dtype, self.device)
-        self.key_buffer = TokenBuffer(b, h, m, self.dtype, self.device)
-        self.value_buffer = TokenBuffer(b, h, m, value_states.dtype, self.device)
+        held = self.buffer_dtype_for(key_states.dtype)
+        self.key_buffer = TokenBuffer(b, h, m, held, self.device)
+        self.value_buffer = TokenBuffer(b, h, m, held, self.device)
         self.is_initialized = True
+
+    def buffer_dtype_for(self, model_dtype: torch.dtype) -> torch.dtype:
+        """Storage dtype of the full-precision buffer for a model computing in ``model_dtype``: "auto" keeps a
+        16-bit model dtype and holds an fp32 model's buffer in fp16 (the CPU case), so the buffer never
+        costs more than the fp16 cache it is compared with; "float32" is the lossless choice."""
+        if self.config.buffer_dtype != "auto":
+            return torch_dtype(self.config.buffer_dtype)
+        return model_dtype if model_dtype in (torch.float16, torch.bfloat16) else torch.float16
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
@@ -107,6 +106,8 @@ class LexicoLayer(CacheLayerMixin):
         if count:
             self._compress(count)
         keys, values = self.key_buffer.view(), self.value_buffer.view()
+        if keys.dtype != key_states.dtype:  # a 16-bit buffer under an fp32 model: attention computes in fp32
+            keys, values = keys.to(key_states.dtype), values.to(value_states.dtype)
         setattr(keys, LAYER_TAG, self)
         return keys, values
 
@@ -157,23 +158,15 @@ class LexicoLayer(CacheLayerMixin):
         """The mask spans every token, compressed ones first: (seen + query_length, offset 0)."""
         return self.get_seq_length() + query_length, 0
 
-    def get_max_length(self) -> int:
-        return -1
-
     def reset(self) -> None:
         """Drop every token (the dictionaries stay cast)."""
         if self.is_initialized:
             for part in (self.key_codes, self.value_codes, self.key_buffer, self.value_buffer):
                 part.length = 0
 
-    def crop(self, tokens_to_remove: int) -> None:
-        raise NotImplementedError("LexicoLayer cannot be cropped: compressed tokens cannot be rolled back")
-
-    def offload(self) -> None:  # the stores are already small; nothing to move
-        return None
-
-    def prefetch(self) -> None:
-        return None
+    @property
+    def batch_size(self) -> int:
+        return self.key_buffer.data.shape[0]
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Keep (and reorder) batch rows ``indices``."""
@@ -181,23 +174,21 @@ class LexicoLayer(CacheLayerMixin):
             for part in (self.key_codes, self.value_codes, self.key_buffer, self.value_buffer):
                 part.select_batch(indices)
 
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self.batch_select_indices(beam_idx)
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        if self.is_initialized:
-            batch = self.key_buffer.data.shape[0]
-            self.batch_select_indices(torch.arange(batch, device=self.device).repeat_interleave(repeats))
-
-    def memory_parts(self) -> dict[str, int]:
+    def memory(self, index: int) -> LayerMemory:
         """Exact bytes held, from the tensors: filled/allocated codes, buffer, dictionaries."""
         if not self.is_initialized:
-            return {"compressed": 0, "allocated": 0, "buffer": 0, "buffer_allocated": 0, "dictionary": 0}
-        dictionaries = (self.key_dictionary, self.value_dictionary)
-        return {
-            "compressed": self.key_codes.nbytes() + self.value_codes.nbytes(),
-            "allocated": self.key_codes.nbytes(False) + self.value_codes.nbytes(False),
-            "buffer": self.key_buffer.nbytes() + self.value_buffer.nbytes(),
-            "buffer_allocated": self.key_buffer.nbytes(False) + self.value_buffer.nbytes(False),
-            "dictionary": sum(d.numel() * d.element_size() for d in dictionaries),
-        }
+            return LayerMemory(index, "empty")
+        b, h, _, m = self.key_buffer.data.shape
+        codes, buffers = (self.key_codes, self.value_codes), (self.key_buffer, self.value_buffer)
+        return LayerMemory(
+            index,
+            "lexico",
+            compressed_tokens=self.compressed_length,
+            buffer_tokens=self.buffer_length,
+            seen_tokens=self.get_seq_length(),
+            compressed_bytes=sum(part.nbytes() for part in codes),
+            buffer_bytes=sum(part.nbytes() for part in buffers),
+            allocated_bytes=sum(part.nbytes(False) for part in codes + buffers),
+            fp16_bytes=fp16_bytes(self.get_seq_length(), b, h, m),
+            dictionary_bytes=tensor_bytes(self.key_dictionary, self.value_dictionary),
+        )

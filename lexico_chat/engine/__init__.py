@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lexico_chat.engine.options import SessionOptions
-from lexico_chat.engine.types import ChatEngine, IngestProgress, Message, SamplingConfig, SessionStats
+from lexico_chat.engine.types import ChatEngine, IngestProgress, Message, SamplingConfig, SessionStats, TurnUsage
 
 __all__ = [
     "ChatEngine",
@@ -12,6 +12,7 @@ __all__ = [
     "SamplingConfig",
     "SessionOptions",
     "SessionStats",
+    "TurnUsage",
     "load_session",
 ]
 
@@ -21,7 +22,7 @@ def load_session(options: SessionOptions):
     from lexico_chat.engine.session import ChatSession
     from lexico_chat.models import load_model
 
-    if options.cache == "lexico" and options.dictionary:
+    if options.cache.lexico and options.dictionary:
         from lexico_chat.dictionary import LexicoDictionary
 
         LexicoDictionary.load(options.dictionary)  # a bad file fails before the slow model load

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from transformers import DynamicCache
 
+from lexico_chat.cache import LexicoCache
 from lexico_chat.engine.options import SessionOptions
-from lexico_chat.errors import LexicoError
 from lexico_chat.lookup import find_dictionary
 from lexico_chat.models import LoadedModel
 
@@ -14,23 +14,17 @@ __all__ = ["make_cache", "resolve_dictionary"]
 
 def resolve_dictionary(loaded: LoadedModel, options: SessionOptions):
     """The dictionary the options ask for (None for a full cache), checked against the model."""
-    if options.cache == "full":
+    if not options.cache.lexico:
         return None
-    dictionary = find_dictionary(loaded.model_id, loaded.dims, options.atoms, options.dictionary)
-    limit = min(dictionary.meta.head_dim, dictionary.meta.atoms)
-    if options.sparsity > limit:
-        raise LexicoError(f"--sparsity must be in [1, {limit}] for this dictionary, got {options.sparsity}")
+    dictionary = find_dictionary(loaded.model_id, loaded.dims, options.cache.atoms, options.dictionary)
+    options.cache.validate(loaded.dims, dictionary)
     return dictionary
 
 
 def make_cache(loaded: LoadedModel, options: SessionOptions, dictionary):
     """A fresh, empty cache for one conversation."""
-    if options.cache == "full":
+    if not options.cache.lexico:
         if loaded.model.config._attn_implementation != "sdpa":
             loaded.model.set_attn_implementation("sdpa")
         return DynamicCache(config=loaded.model.config)
-    from lexico_chat.cache import LexicoCache
-
-    return LexicoCache.from_model(
-        loaded.model, dictionary, sparsity=options.sparsity, buffer=options.buffer, window=options.window
-    )
+    return LexicoCache.from_model(loaded.model, dictionary, options.cache)

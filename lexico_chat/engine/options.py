@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from lexico_chat.config import CacheConfig
 from lexico_chat.errors import LexicoError
 
-__all__ = ["SessionOptions", "CACHE_KINDS"]
+__all__ = ["SessionOptions", "DEFAULT_PREFILL_CHUNK"]
 
-CACHE_KINDS = ("lexico", "full")
+DEFAULT_PREFILL_CHUNK = 512
 
 
 @dataclass(frozen=True)
@@ -16,27 +17,22 @@ class SessionOptions:
     """Model, dictionary and cache settings of a ChatSession.
 
     model : None (embedded default), a local folder, a .gguf file or a hub id.
-    cache : "lexico" (compressed) or "full" (transformers' DynamicCache, for comparison).
-    sparsity, atoms : Lexico s and dictionary size N; dictionary: explicit file or None (looked up).
-    buffer, window : recent full-precision tokens and tokens compressed at a time.
+    device : "cpu", "cuda", "cuda:N" or "auto".
+    dictionary : explicit dictionary file, or None (looked up for the model and ``cache.atoms``).
+    cache : the KV-cache settings (kind, sparsity, atoms, buffer, window, storage dtypes).
     prefill_chunk : tokens per forward call while prefilling.
+    system : system prompt, or None.
     """
 
     model: str | None = None
     device: str = "cpu"
     dictionary: str | None = None
-    cache: str = "lexico"
-    sparsity: int = 8
-    atoms: int = 4096
-    buffer: int = 128
-    window: int = 32
-    prefill_chunk: int = 512
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK
     system: str | None = None
 
     def __post_init__(self) -> None:
-        if self.cache not in CACHE_KINDS:
-            raise LexicoError(f"--cache must be one of {list(CACHE_KINDS)}, got {self.cache!r}")
-        if self.sparsity < 1:
-            raise LexicoError(f"--sparsity must be at least 1, got {self.sparsity}")
-        if self.buffer < 0 or self.window < 1 or self.prefill_chunk < 1:
-            raise LexicoError(f"--buffer must be >= 0 and --window >= 1, got {self.buffer} and {self.window}")
+        if not isinstance(self.cache, CacheConfig):
+            raise LexicoError(f"`cache` must be a CacheConfig, got {type(self.cache).__name__}")
+        if isinstance(self.prefill_chunk, bool) or not isinstance(self.prefill_chunk, int) or self.prefill_chunk < 1:
+            raise LexicoError(f"`prefill_chunk` must be an integer >= 1, got {self.prefill_chunk!r}")

@@ -22,23 +22,19 @@ from lexico_chat.engine.cache_state import export_cache, import_cache
 from lexico_chat.engine.types import Message
 from lexico_chat.errors import LexicoError
 
-__all__ = ["SESSION_FORMAT", "save_session", "load_session_state", "read_session_file"]
+__all__ = ["SESSION_FORMAT", "save_session", "load_session_state", "read_session_file", "saved_cache_settings"]
 
-SESSION_FORMAT = 1
+SESSION_FORMAT = 2  # 2: settings are the CacheConfig fields (format 1 had a subset under other names)
 _META_KEY = "lexico_session"
 
 
 def _settings(session) -> dict:
-    o = session.options
-    lexico = o.cache == "lexico"
-    return {
-        "cache": o.cache,
-        "sparsity": o.sparsity if lexico else None,
-        "atoms": session.dictionary.meta.atoms if lexico else None,
-        "buffer": o.buffer if lexico else None,
-        "window": o.window if lexico else None,
-        "dictionary": session.dictionary.fingerprint() if lexico else None,
-    }
+    """The cache settings a resume must match: every CacheConfig field (only the kind for a full cache)
+    and the dictionary's fingerprint."""
+    config = session.options.cache
+    if not config.lexico:
+        return {"kind": config.kind, "dictionary": None}
+    return {**config.settings(), "dictionary": session.dictionary.fingerprint()}
 
 
 def _digest(tensors: dict[str, torch.Tensor], meta: dict) -> str:
@@ -100,13 +96,16 @@ def load_session_state(session, path: str | os.PathLike) -> None:
     if diff:
         what = "a different dictionary" if "dictionary" in {d.split()[0] for d in diff} else "other cache settings"
         raise LexicoError(f"{path} was saved with {what}: " + "; ".join(d[:80] for d in diff))
-    cache = session._make_cache()
+    state = session.new_state()
     try:
-        import_cache(cache, tensors, meta["layers"], session.device)
+        import_cache(state.cache, tensors, meta["layers"], session.device)
     except (KeyError, ValueError, RuntimeError) as err:
         raise LexicoError(f"{path} does not fit this model's cache ({err})") from None
-    session.cache = cache
-    session.cached_ids = tensors["token_ids"].tolist()
-    session.cached_text = meta["cached_text"]
-    session.transcript = [Message(m["role"], m["content"]) for m in meta["transcript"]]
-    session._logits = None
+    state.ids, state.text = tensors["token_ids"].tolist(), meta["cached_text"]
+    session.restore(state, [Message(m["role"], m["content"]) for m in meta["transcript"]])
+
+
+def saved_cache_settings(path: str | os.PathLike) -> dict:
+    """The CacheConfig fields a session file was saved with (for flags not given on resume)."""
+    settings = read_session_file(path)[1]["settings"]
+    return {name: value for name, value in settings.items() if name != "dictionary"}

@@ -14,12 +14,16 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from lexico_chat.engine.caches import make_cache, resolve_dictionary
+from lexico_chat.engine.detokenize import IncrementalDecoder
 from lexico_chat.engine.options import SessionOptions
+from lexico_chat.engine.prefill import prefill
 from lexico_chat.engine.sampling import next_token
+from lexico_chat.engine.state import ConversationState
 from lexico_chat.engine.stats import session_stats
 from lexico_chat.engine.sysstats import release_free_memory
 from lexico_chat.engine.template import render, stop_token_ids
-from lexico_chat.engine.types import IngestProgress, Message, SamplingConfig, SessionStats
+from lexico_chat.engine.types import IngestProgress, Message, SamplingConfig, SessionStats, TurnUsage
 from lexico_chat.errors import LexicoError
 from lexico_chat.models import LoadedModel
 from lexico_chat.textfile import read_text
@@ -52,12 +56,11 @@ class ChatSession:
     """
 
     def __init__(self, loaded: LoadedModel, options: SessionOptions | None = None, dictionary=None) -> None:
-        from lexico_chat.engine.caches import make_cache, resolve_dictionary
-
         self.loaded = loaded
         self.options = options or SessionOptions()
         self.dictionary = dictionary if dictionary is not None else resolve_dictionary(loaded, self.options)
-        self._make_cache = lambda: make_cache(loaded, self.options, self.dictionary)
+        if self.dictionary is not None:
+            self.options.cache.validate(loaded.dims, self.dictionary)
         self.max_positions = loaded.dims.max_positions
         self.stop_ids = stop_token_ids(loaded.tokenizer, getattr(loaded.model, "generation_config", None))
         self.transcript: list[Message] = []
@@ -68,14 +71,35 @@ class ChatSession:
         self.last_prefill_tps = 0.0
         self.last_decode_tps = 0.0
         self.last_prefill_tokens = 0
-        self._reset_cache()
+        self.last_usage = TurnUsage()
+        self.state = self.new_state()
 
     # ----- state -------------------------------------------------------------------------------
+    def new_state(self) -> ConversationState:
+        """An empty conversation state with a fresh cache of this session's kind and settings."""
+        return ConversationState(make_cache(self.loaded, self.options, self.dictionary))
+
+    def restore(self, state: ConversationState, transcript: list[Message]) -> None:
+        """Replace the conversation with ``state`` (a cache already filled, e.g. from a saved session)."""
+        self.state, self.transcript = state, transcript
+
     def _reset_cache(self) -> None:
-        self.cache = self._make_cache()
-        self.cached_ids: list[int] = []
-        self.cached_text = ""
-        self._logits: torch.Tensor | None = None
+        self.state = self.new_state()
+
+    @property
+    def cache(self):
+        """The conversation's KV cache (a LexicoCache or a DynamicCache)."""
+        return self.state.cache
+
+    @property
+    def cached_ids(self) -> list[int]:
+        """Token ids the cache holds, in order."""
+        return self.state.ids
+
+    @property
+    def cached_text(self) -> str:
+        """The rendered conversation the cached ids encode."""
+        return self.state.text
 
     @property
     def device(self) -> torch.device:
@@ -102,6 +126,29 @@ class ChatSession:
             raise LexicoError("the message is empty")
         return self._turn(Message("user", text), sampling or SamplingConfig(), None)
 
+    def respond(self, messages: list[Message], sampling: SamplingConfig | None = None) -> Iterator[str]:
+        """Answer a whole conversation (an API request): ``messages`` replace the transcript; the last one
+        must be a user message. The cache is reused where the rendered conversation extends the cached
+        text (only the new suffix is prefilled); the reply streams as text deltas and joins the transcript."""
+        if not messages or messages[-1].role != "user":
+            raise LexicoError("the last message must be a user message")
+        if not messages[-1].content.strip():
+            raise LexicoError("the message is empty")
+        history = [Message(m.role, m.content) for m in messages]
+        sampling = sampling or SamplingConfig()
+        new = self._new_tokens(history)
+        self._check_budget(len(new[0]), sampling.max_new_tokens)
+        self.transcript = history
+        return self._generate(new, sampling, None)
+
+    def reusable_tokens(self, messages: list[Message]) -> int:
+        """Cached tokens a request for ``messages`` would reuse: all of them when the rendered conversation
+        extends the cached text, else 0 (the cache cannot be rolled back)."""
+        if not self.cached_ids:
+            return 0
+        text = render(self.loaded.tokenizer, [Message(m.role, m.content) for m in messages])
+        return len(self.cached_ids) if text.startswith(self.cached_text) else 0
+
     def ask_document(
         self,
         path: str,
@@ -114,12 +161,12 @@ class ChatSession:
         return self._turn(Message("user", content), sampling or SamplingConfig(), progress)
 
     def _turn(self, message: Message, sampling: SamplingConfig, progress) -> Iterator[str]:
-        new_ids = self._new_tokens(self.transcript + [message])
-        self._check_budget(len(new_ids), sampling.max_new_tokens)
+        new = self._new_tokens(self.transcript + [message])
+        self._check_budget(len(new[0]), sampling.max_new_tokens)
         self.transcript.append(message)
-        return self._generate(new_ids, sampling, progress)
+        return self._generate(new, sampling, progress)
 
-    def _new_tokens(self, messages: list[Message]) -> list[int]:
+    def _new_tokens(self, messages: list[Message]) -> tuple[list[int], str]:
         """Token ids still to feed: the rendered conversation minus what the cache holds."""
         text = render(self.loaded.tokenizer, messages)
         if not text.startswith(self.cached_text):
@@ -130,8 +177,7 @@ class ChatSession:
             suffix,
             add_special_tokens=not self.cached_ids and not text.startswith(self.loaded.tokenizer.bos_token or "\0"),
         )["input_ids"]
-        self._pending_text = suffix
-        return list(ids)
+        return list(ids), suffix
 
     def _check_budget(self, new: int, reply: int) -> None:
         need = len(self.cached_ids) + new + reply
@@ -141,13 +187,16 @@ class ChatSession:
                 f"reply) but the model's context is {self.max_positions} tokens; /clear or use a shorter document"
             )
 
-    def _generate(self, new_ids: list[int], sampling: SamplingConfig, progress) -> Iterator[str]:
+    def _generate(self, new: tuple[list[int], str], sampling: SamplingConfig, progress) -> Iterator[str]:
         if not self._lock.acquire(blocking=False):
             raise LexicoError("a reply is already being generated")
         self._cancel.clear()
         reply = Message("assistant", "")
+        new_ids, new_text = new
+        cached = len(self.cached_ids)
+        self.last_usage = TurnUsage(cached + len(new_ids), cached, 0, "stop")
         try:
-            self._prefill(new_ids, self._pending_text, progress)
+            self._prefill(new_ids, new_text, progress)
             self.transcript.append(reply)
             yield from self._decode(reply, sampling)
         except BaseException:
@@ -161,8 +210,6 @@ class ChatSession:
 
     @torch.inference_mode()
     def _prefill(self, ids: list[int], text: str, progress) -> None:
-        from lexico_chat.cache.prefill import prefill
-
         if not ids:
             return
         start, done = time.perf_counter(), 0
@@ -175,41 +222,51 @@ class ChatSession:
                 progress(IngestProgress(done, len(ids), done / elapsed))
 
         tensor = torch.tensor([ids], dtype=torch.long, device=self.device)
-        self._logits = prefill(
-            self.loaded.model, tensor, self.cache, chunk_size=self.options.prefill_chunk, progress=step
+        state = self.state
+        state.logits = prefill(
+            self.loaded.model, tensor, state.cache, chunk_size=self.options.prefill_chunk, progress=step
         )[0]
-        self.cached_ids.extend(ids)
-        self.cached_text += text
+        state.ids.extend(ids)
+        state.text += text
         self.last_prefill_tokens = len(ids)
         self.last_prefill_tps = len(ids) / max(time.perf_counter() - start, 1e-9)
 
     @torch.inference_mode()
     def _decode(self, reply: Message, sampling: SamplingConfig) -> Iterator[str]:
-        tokenizer, model = self.loaded.tokenizer, self.loaded.model
+        """Sample, stream and feed one token at a time; the state stays consistent however the loop ends
+        (stop token, limit, cancel, an error, or the consumer abandoning the stream)."""
+        tokenizer, model, state = self.loaded.tokenizer, self.loaded.model, self.state
+        if state.logits is None:
+            raise LexicoError("nothing to answer: the conversation has no new tokens")
         generator = torch.Generator().manual_seed(sampling.seed)
-        room = self.max_positions - len(self.cached_ids)
-        reply_start = len(self.cached_text)
-        generated: list[int] = []  # sampled tokens; all but possibly the last are in the cache
-        start = time.perf_counter()
-        for _ in range(min(sampling.max_new_tokens, room)):
-            if self._cancel.is_set():
-                break
-            token = int(next_token(self._logits, sampling, generator))
-            if token in self.stop_ids:
-                break
-            generated.append(token)
-            text = tokenizer.decode(generated, skip_special_tokens=True)
-            if not text.endswith("\ufffd") and len(text) > len(reply.content):  # hold back partial UTF-8
-                delta, reply.content = text[len(reply.content) :], text
-                yield delta
-            out = model(
-                input_ids=torch.tensor([[token]], device=self.device), past_key_values=self.cache, use_cache=True
-            )
-            self._logits = out.logits[0, -1]
-            self.cached_ids.append(token)
-            self.cached_text = self.cached_text[:reply_start] + tokenizer.decode(generated, skip_special_tokens=False)
-        self.last_decode_tps = len(generated) / max(time.perf_counter() - start, 1e-9)
-        reply.content = tokenizer.decode(generated, skip_special_tokens=True)
+        room = self.max_positions - len(state.ids)
+        reply_start = len(state.text)
+        shown = IncrementalDecoder(tokenizer, skip_special_tokens=True)
+        fed: list[int] = []  # reply tokens already in the cache
+        start, finish = time.perf_counter(), "length"
+        try:
+            for _ in range(min(sampling.max_new_tokens, room)):
+                if self._cancel.is_set():
+                    finish = "cancelled"
+                    break
+                token = int(next_token(state.logits, sampling, generator))
+                if token in self.stop_ids:
+                    finish = "stop"
+                    break
+                delta = shown.push(token)
+                if delta:
+                    reply.content = shown.text
+                    yield delta
+                ids = torch.tensor([[token]], device=self.device)
+                state.logits = model(input_ids=ids, past_key_values=state.cache, use_cache=True).logits[0, -1]
+                state.ids.append(token)
+                fed.append(token)
+        finally:
+            state.text = state.text[:reply_start] + tokenizer.decode(fed, skip_special_tokens=False)
+            reply.content = shown.finish()
+            self.last_decode_tps = len(shown.ids) / max(time.perf_counter() - start, 1e-9)
+            usage = self.last_usage
+            self.last_usage = TurnUsage(usage.prompt_tokens, usage.cached_tokens, len(shown.ids), finish)
 
     # ----- figures & files ---------------------------------------------------------------------
     def stats(self) -> SessionStats:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from lexico_chat.cache.memory import cache_memory
 from lexico_chat.engine.sysstats import gpu_memory, rss_bytes
 from lexico_chat.engine.types import LayerStats, SessionStats
+from lexico_chat.memory import cache_memory
 
 __all__ = ["session_stats"]
 
@@ -14,7 +14,7 @@ __all__ = ["session_stats"]
 def session_stats(session) -> SessionStats:
     """Figures of ``session`` (a ChatSession) now."""
     cache = session.cache
-    memory = cache.memory() if hasattr(cache, "memory") else cache_memory(cache.layers)
+    memory = cache_memory(cache)
     device = session.device
     gpu_index = device.index or 0 if device.type == "cuda" else 0
     used, total = gpu_memory(gpu_index)
@@ -22,7 +22,7 @@ def session_stats(session) -> SessionStats:
     kv = memory.kv_bytes
     compressed = memory.compressed_bytes + memory.rope_bytes  # a pre-RoPE cache's rotary table is part of its codes
     options = session.options
-    lexico = options.cache == "lexico"
+    lexico = options.cache.lexico
     layers = tuple(
         LayerStats(m.layer, m.compressed_bytes, m.buffer_bytes, m.fp16_bytes, m.compressed_tokens, m.buffer_tokens)
         for m in memory.layers
@@ -46,9 +46,9 @@ def session_stats(session) -> SessionStats:
         dictionary_bytes=session.dictionary.nbytes if session.dictionary is not None else 0,
         model_id=session.loaded.model_id,
         device=str(device),
-        cache=options.cache,
-        sparsity=options.sparsity if lexico else None,
+        cache=options.cache.kind,
+        sparsity=options.cache.sparsity if lexico else None,
         atoms=session.dictionary.meta.atoms if lexico else None,
         layers=layers,
-        allocated_bytes=memory.allocated_bytes + memory.buffer_allocated_bytes + memory.rope_allocated_bytes,
+        allocated_bytes=memory.allocated_bytes,
     )

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["ChatEngine", "IngestProgress", "LayerStats", "Message", "SamplingConfig", "SessionStats"]
+__all__ = ["ChatEngine", "IngestProgress", "LayerStats", "Message", "SamplingConfig", "SessionStats", "TurnUsage"]
 
 
 @dataclass
@@ -25,6 +25,18 @@ class SamplingConfig:
     top_p: float = 1.0
     seed: int = 0
     max_new_tokens: int = 256
+
+
+@dataclass(frozen=True)
+class TurnUsage:
+    """Token counts of the last turn: the prompt as fed (cached + new), the part reused from the cache,
+    the reply's tokens, and why the reply ended ("stop": end of turn, "length": token limit or context
+    full, "cancelled": ``cancel()``)."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
 
 
 @dataclass(frozen=True)

@@ -3,17 +3,12 @@ the JSON-ready result, so the same figures are available from Python."""
 
 from __future__ import annotations
 
-import importlib
+from lexico_chat.evals import agreement, compare, niah, omp_speed, perplexity, rre, speed
 
-EVAL_MODULES = ("omp_speed", "rre", "perplexity", "speed", "compare", "niah", "agreement")
+EVAL_MODULES = (omp_speed, rre, perplexity, speed, compare, niah, agreement)
 
 
 def register_all(subparsers) -> None:
-    for name in EVAL_MODULES:
-        try:
-            module = importlib.import_module(f"lexico_chat.evals.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"lexico_chat.evals.{name}":
-                raise
-            continue  # an eval not written yet
+    """Add every eval's subcommand to ``subparsers``, in the order of ``EVAL_MODULES``."""
+    for module in EVAL_MODULES:
         module.register(subparsers)

@@ -17,6 +17,10 @@ from collections.abc import Callable
 
 import torch
 
+from lexico_chat.config import CacheConfig
+from lexico_chat.engine.options import DEFAULT_PREFILL_CHUNK
+from lexico_chat.output import emit
+
 __all__ = ["agreement_eval", "chunk_statistics", "register", "run"]
 
 DEFAULT_SPARSITIES = (4, 8, 16)
@@ -46,32 +50,29 @@ def agreement_eval(
     dictionary,
     sparsities: tuple[int, ...] = DEFAULT_SPARSITIES,
     *,
-    buffer: int = 128,
-    window: int = 32,
-    chunk_size: int = 256,
-    coef_dtype: torch.dtype = torch.float8_e4m3fn,
+    config: CacheConfig | None = None,
+    chunk_size: int = DEFAULT_PREFILL_CHUNK,
     progress: Callable[[int], object] | None = None,
 ) -> dict:
-    """Greedy agreement and mean KL(full || lexico) per sparsity over (1, T) ``input_ids``.
+    """Greedy agreement and mean KL(full || lexico) per sparsity over (1, T) ``input_ids``; each LexicoCache
+    is ``config`` (default settings when None) at one of ``sparsities``.
 
     Returns
     -------
-    ``{"tokens": T, "rows": [{"sparsity", "agreement", "kl", "kv_fraction"}, ...]}``; kv_fraction as in
-    ``eval compare`` (end of text, buffer counted in fp16).
+    ``{"tokens": T, "rows": [{"sparsity", "agreement", "kl", "kv_fraction"}, ...]}``; kv_fraction as every
+    command reports it (``lexico_chat.memory``, end of text).
     """
     from transformers import DynamicCache
 
     from lexico_chat.cache import LexicoCache
-    from lexico_chat.evals.harness import attention_restored, lexico_kv_fraction
+    from lexico_chat.evals.harness import attention_restored
 
     total = input_ids.shape[1]
     agree, kl = [0] * len(sparsities), [0.0] * len(sparsities)
     with attention_restored(model), torch.inference_mode():
         # "lexico" attention serves the DynamicCache with stock sdpa (its keys carry no Lexico layer)
-        caches = [
-            LexicoCache.from_model(model, dictionary, s, buffer=buffer, window=window, coef_dtype=coef_dtype)
-            for s in sparsities
-        ]
+        config = config or CacheConfig()
+        caches = [LexicoCache.from_model(model, dictionary, config.replace(sparsity=s)) for s in sparsities]
         full_cache = DynamicCache(config=model.config)
         for start in range(0, total, chunk_size):
             chunk = input_ids[:, start : start + chunk_size]
@@ -82,13 +83,12 @@ def agreement_eval(
                 agree[i], kl[i] = agree[i] + count, kl[i] + summed
             if progress is not None:
                 progress(chunk.shape[1])
-        element = next(model.parameters()).element_size()
         rows = [
             {
                 "sparsity": s,
                 "agreement": agree[i] / total,
                 "kl": kl[i] / total,
-                "kv_fraction": lexico_kv_fraction(caches[i].memory(), element),
+                "kv_fraction": caches[i].memory().kv_fraction,
             }
             for i, s in enumerate(sparsities)
         ]
@@ -108,34 +108,29 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lexico_chat.cli import emit
-    from lexico_chat.errors import LexicoError
-    from lexico_chat.evals.harness import check_sparsities, load_text_ids, progress_bar, seed_everything
+    from lexico_chat.evals.harness import check_sparsities, load_text_ids, seed_everything
     from lexico_chat.lookup import find_dictionary
     from lexico_chat.models import load_model
+    from lexico_chat.options import cache_config
+    from lexico_chat.progress import ProgressBar
     from lexico_chat.textfile import read_text
 
-    if args.buffer < 0:
-        raise LexicoError(f"--buffer must be >= 0, got {args.buffer}")
+    config = cache_config(args)
     seed_everything(args.seed)
     text = read_text(args.text)
     loaded = load_model(args.model, device=args.device)
     dictionary = find_dictionary(loaded.model_id, loaded.dims, args.atoms, args.dictionary)
     sparsities = check_sparsities(args.sparsity, dictionary)
     ids = load_text_ids(loaded.tokenizer, text, args.max_tokens, loaded.dims.max_positions)
-    stage, close = progress_bar(ids.shape[1], "agreement")
-    try:
+    with ProgressBar(ids.shape[1], "agreement", unit="tok") as bar:
         result = agreement_eval(
             loaded.model,
             ids.to(next(loaded.model.parameters()).device),
             dictionary,
             tuple(sparsities),
-            buffer=args.buffer,
-            window=args.window,
+            config=config,
             chunk_size=args.chunk,
-            progress=stage(f"s={' '.join(map(str, sparsities))}"),
+            progress=bar.stage(f"s={' '.join(map(str, sparsities))}"),
         )
-    finally:
-        close()
     emit(result, args.json)
     return 0

@@ -10,10 +10,9 @@ chunks (``chunked_nll``), so most tokens are predicted from context the cache ho
   at the end of the text match each Lexico row's (fed ``eviction_chunk`` tokens at a time, so each
   token sees at most ``eviction_chunk - 1`` tokens beyond the budget).
 
-``kv_fraction`` is measured at the end of the text: bytes held / fp16 bytes of all tokens seen.
-Full-precision tokens count 2 bytes per element for every method (Lexico's buffer is held in the
-model dtype; see ``harness.lexico_kv_fraction``); the dictionaries (a fixed cost shared by all
-texts) are not counted.
+``kv_fraction`` is measured at the end of the text: bytes held / fp16 bytes of all tokens seen, the
+one count of ``lexico_chat.memory`` for every method (full-precision tokens are held in 16 bits by all
+of them, Lexico's buffer included); the dictionaries (a fixed cost shared by all texts) are not counted.
 """
 
 from __future__ import annotations
@@ -21,11 +20,14 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from lexico_chat.config import CacheConfig
+from lexico_chat.engine.options import DEFAULT_PREFILL_CHUNK
 from lexico_chat.evals.perplexity import chunked_nll, perplexity
+from lexico_chat.output import emit
 
 __all__ = ["CompareSettings", "compare_eval", "eviction_window", "plot_compare", "register", "run"]
 
@@ -37,22 +39,19 @@ class CompareSettings:
     """What ``compare_eval`` runs.
 
     sparsities : Lexico s values; kivi_bits : KIVI code widths.
-    buffer, window : Lexico full-precision buffer and compression window (tokens).
+    cache : the Lexico settings (buffer, window, dtypes; its sparsity is replaced by each of ``sparsities``).
     residual, group : KIVI residual window and key group (tokens); value group is ``group`` channels.
     sink : eviction sink tokens. chunk_size, eviction_chunk : tokens per forward call.
-    coef_dtype : Lexico coefficient dtype.
     """
 
     sparsities: tuple[int, ...] = DEFAULT_SPARSITIES
     kivi_bits: tuple[int, ...] = (2, 4)
-    buffer: int = 128
-    window: int = 32
+    cache: CacheConfig = field(default_factory=CacheConfig)
     residual: int = 128
     group: int = 32
     sink: int = 4
-    chunk_size: int = 256
+    chunk_size: int = DEFAULT_PREFILL_CHUNK
     eviction_chunk: int = 32
-    coef_dtype: torch.dtype = torch.float8_e4m3fn
 
     def __post_init__(self) -> None:
         small = {
@@ -60,7 +59,7 @@ class CompareSettings:
         }
         if small:
             raise ValueError(f"{', '.join(small)} must be >= 1, got {small}")
-        negative = {k: getattr(self, k) for k in ("buffer", "residual", "sink") if getattr(self, k) < 0}
+        negative = {k: getattr(self, k) for k in ("residual", "sink") if getattr(self, k) < 0}
         if negative:
             raise ValueError(f"{', '.join(negative)} must be >= 0, got {negative}")
 
@@ -99,7 +98,7 @@ def compare_eval(
 
     settings = settings or CompareSettings()
     stage = progress or (lambda name: None)
-    tokens, config, element = input_ids.shape[1], model.config, next(model.parameters()).element_size()
+    tokens, config = input_ids.shape[1], model.config
 
     def measure(method: str, setting: str, cache, fraction: Callable, chunk: int = settings.chunk_size) -> dict:
         nll = chunked_nll(model, input_ids, cache, chunk_size=chunk, progress=stage(f"{method} {setting}"))
@@ -109,30 +108,23 @@ def compare_eval(
         model.set_attn_implementation("sdpa")
         rows = [measure("full", "fp16", DynamicCache(config=config), lambda cache: 1.0)]
         for s in settings.sparsities:
-            cache = LexicoCache.from_model(
-                model, dictionary, s, buffer=settings.buffer, window=settings.window, coef_dtype=settings.coef_dtype
-            )
-            rows.append(measure("lexico", f"s={s} N={dictionary.meta.atoms}", cache, _lexico_fraction(element)))
+            cache = LexicoCache.from_model(model, dictionary, settings.cache.replace(sparsity=s))
+            rows.append(measure("lexico", f"s={s} N={dictionary.meta.atoms}", cache, _memory_fraction))
         model.set_attn_implementation("sdpa")
         for bits in settings.kivi_bits:
             g = settings.group
             cache = KiviCache(config, bits=bits, group=g, value_group=g, residual=settings.residual)
-            rows.append(measure("kivi", f"{bits}-bit", cache, _baseline_fraction))
+            rows.append(measure("kivi", f"{bits}-bit", cache, _memory_fraction))
         for target in [row for row in rows if row["method"] == "lexico"]:
             window = eviction_window(target["kv_fraction"], tokens, settings.sink)
             cache = EvictionCache(config, sink=settings.sink, window=window)
             setting = f"sink={settings.sink} window={window} (as lexico {target['setting'].split()[0]})"
-            rows.append(measure("eviction", setting, cache, _baseline_fraction, settings.eviction_chunk))
+            rows.append(measure("eviction", setting, cache, _memory_fraction, settings.eviction_chunk))
     return {"tokens": int(tokens), "rows": rows}
 
 
-def _lexico_fraction(element_size: int) -> Callable:
-    from lexico_chat.evals.harness import lexico_kv_fraction
-
-    return lambda cache: lexico_kv_fraction(cache.memory(), element_size)
-
-
-def _baseline_fraction(cache) -> float:
+def _memory_fraction(cache) -> float:
+    """kv_fraction of any of the caches (``lexico_chat.memory``: the same count for every method)."""
     return cache.memory().kv_fraction
 
 
@@ -169,7 +161,12 @@ def register(subparsers) -> None:
     p.add_argument("--text", required=True, help="UTF-8 text file")
     add_comparison_options(p, DEFAULT_SPARSITIES)
     p.add_argument("--max-tokens", type=positive_int, default=4096, help="tokens of the text used (default 4096)")
-    p.add_argument("--chunk", type=positive_int, default=256, help="tokens per forward (default 256)")
+    p.add_argument(
+        "--chunk",
+        type=positive_int,
+        default=DEFAULT_PREFILL_CHUNK,
+        help="tokens per forward (default: the chat's prefill chunk)",
+    )
     p.add_argument("--residual", type=int, default=128, help="KIVI fp16 residual tokens (default 128)")
     p.add_argument("--sink", type=int, default=4, help="eviction sink tokens (default 4)")
     p.add_argument("--eviction-chunk", type=positive_int, default=32, help="eviction tokens per forward (default 32)")
@@ -177,17 +174,17 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lexico_chat.cli import emit
     from lexico_chat.errors import LexicoError
-    from lexico_chat.evals.harness import check_sparsities, load_text_ids, progress_bar, seed_everything
+    from lexico_chat.evals.harness import check_sparsities, load_text_ids, seed_everything
     from lexico_chat.lookup import find_dictionary
     from lexico_chat.models import load_model
+    from lexico_chat.options import cache_config
+    from lexico_chat.progress import ProgressBar
     from lexico_chat.textfile import read_text
 
-    if args.buffer < 0 or args.residual < 0 or args.sink < 0:
-        raise LexicoError(
-            f"--buffer, --residual and --sink must be >= 0, got {args.buffer}, {args.residual}, {args.sink}"
-        )
+    if args.residual < 0 or args.sink < 0:
+        raise LexicoError(f"--residual and --sink must be >= 0, got {args.residual}, {args.sink}")
+    cache = cache_config(args)
     seed_everything(args.seed)
     text = read_text(args.text)
     loaded = load_model(args.model, device=args.device)
@@ -197,19 +194,17 @@ def run(args: argparse.Namespace) -> int:
     ids = load_text_ids(loaded.tokenizer, text, args.max_tokens, loaded.dims.max_positions)
     settings = CompareSettings(
         sparsities=tuple(sparsities),
-        buffer=args.buffer,
-        window=args.window,
+        cache=cache,
         residual=args.residual,
         sink=args.sink,
         chunk_size=args.chunk,
         eviction_chunk=args.eviction_chunk,
     )
     runs = 1 + 2 * len(sparsities) + len(settings.kivi_bits)
-    stage, close = progress_bar(runs * ids.shape[1], "compare")
-    try:
-        result = compare_eval(loaded.model, ids.to(next(loaded.model.parameters()).device), dictionary, settings, stage)
-    finally:
-        close()
+    with ProgressBar(runs * ids.shape[1], "compare", unit="tok") as bar:
+        result = compare_eval(
+            loaded.model, ids.to(next(loaded.model.parameters()).device), dictionary, settings, bar.stage
+        )
     if args.plot:
         plot_compare(result, args.plot)
     emit(result, args.json)

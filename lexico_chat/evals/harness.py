@@ -1,12 +1,11 @@
 """Plumbing shared by the comparison evals (``compare``, ``agreement``, ``niah``): flags, inputs,
-progress bar, attention switching, the fp16-normalised Lexico byte count, and saving figures."""
+attention switching, the fp16-normalised Lexico byte count, and saving figures."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -15,10 +14,8 @@ from lexico_chat.errors import LexicoError
 __all__ = [
     "add_comparison_options",
     "check_sparsities",
-    "lexico_kv_fraction",
     "load_text_ids",
     "new_figure",
-    "progress_bar",
     "save_figure",
     "seed_everything",
     "attention_restored",
@@ -76,22 +73,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def lexico_kv_fraction(memory, element_size: int) -> float:
-    """Lexico's KV bytes over fp16 bytes, counting its full-precision buffer at 2 bytes per element.
-
-    Parameters
-    ----------
-    memory : a ``lexico_chat.cache.CacheMemory``.
-    element_size : bytes per element of the buffer as held (the model dtype: 4 for float32 on CPU).
-
-    The baselines hold their full-precision tokens in fp16; a float32 model would charge Lexico's
-    buffer twice that. Normalising makes the three methods comparable at equal bytes.
-    """
-    if not memory.fp16_bytes:
-        return 0.0
-    return (memory.compressed_bytes + memory.rope_bytes + memory.buffer_bytes * 2 / element_size) / memory.fp16_bytes
-
-
 @contextlib.contextmanager
 def attention_restored(model: torch.nn.Module) -> Iterator[None]:
     """Run a block that may switch ``model``'s attention implementation; restore the original afterwards."""
@@ -101,21 +82,6 @@ def attention_restored(model: torch.nn.Module) -> Iterator[None]:
     finally:
         if model.config._attn_implementation != previous:
             model.set_attn_implementation(previous)
-
-
-def progress_bar(
-    total: int, desc: str, unit: str = "tok"
-) -> tuple[Callable[[str], Callable[[int], object]], Callable[[], None]]:
-    """One tqdm bar on stderr over ``total`` units: returns ``stage(name) -> update`` and ``close()``."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
-
-    def stage(name: str) -> Callable[[int], object]:
-        bar.set_description(f"{desc}: {name}")
-        return bar.update
-
-    return stage, bar.close
 
 
 def new_figure(**kwargs):

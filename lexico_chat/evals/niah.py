@@ -18,7 +18,9 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from lexico_chat.config import CacheConfig
 from lexico_chat.errors import LexicoError
+from lexico_chat.output import emit
 
 __all__ = ["NEEDLE", "QUESTION", "needle_found", "needle_number", "niah_eval", "plant_needle", "plot_niah"]
 
@@ -74,16 +76,16 @@ def plant_needle(tokenizer, haystack: str, length: int, depth: float, needle: st
     return " ".join(part for part in (before.rstrip(), needle, after.lstrip()) if part)
 
 
-def _chat_sessions(loaded, dictionary, buffer: int, window: int) -> Callable:
-    """``make(method, sparsity)`` → a ChatSession with a full cache or a LexicoCache."""
+def _chat_sessions(loaded, dictionary, config: CacheConfig) -> Callable:
+    """``make(method, sparsity)`` → a ChatSession with a full cache or a LexicoCache of ``config`` at ``sparsity``."""
     from lexico_chat.engine.options import SessionOptions
     from lexico_chat.engine.session import ChatSession
 
     def make(method: str, sparsity: int | None):
         if method == "full":
-            return ChatSession(loaded, SessionOptions(cache="full"), dictionary=None)
-        options = SessionOptions(sparsity=sparsity, atoms=dictionary.meta.atoms, buffer=buffer, window=window)
-        return ChatSession(loaded, options, dictionary=dictionary)
+            return ChatSession(loaded, SessionOptions(cache=CacheConfig(kind="full")), dictionary=None)
+        cache = config.replace(sparsity=sparsity, atoms=dictionary.meta.atoms)
+        return ChatSession(loaded, SessionOptions(cache=cache), dictionary=dictionary)
 
     return make
 
@@ -96,8 +98,7 @@ def niah_eval(
     depths: Sequence[float] = DEFAULT_DEPTHS,
     sparsities: Sequence[int] = DEFAULT_SPARSITIES,
     *,
-    buffer: int = 128,
-    window: int = 32,
+    config: CacheConfig | None = None,
     max_new_tokens: int = 16,
     seed: int = 0,
     progress: Callable[[int], object] | None = None,
@@ -115,7 +116,7 @@ def niah_eval(
     from lexico_chat.engine.types import SamplingConfig
     from lexico_chat.evals.harness import attention_restored
 
-    make = make_session or _chat_sessions(loaded, dictionary, buffer, window)
+    make = make_session or _chat_sessions(loaded, dictionary, config or CacheConfig())
     methods = [("full", "fp16", None)] + [("lexico", f"s={s}", s) for s in sparsities]
     sampling = SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens)
     rows = []
@@ -184,17 +185,17 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lexico_chat.cli import emit
-    from lexico_chat.evals.harness import check_sparsities, progress_bar, seed_everything
+    from lexico_chat.evals.harness import check_sparsities, seed_everything
     from lexico_chat.lookup import find_dictionary
     from lexico_chat.models import load_model
+    from lexico_chat.options import cache_config
+    from lexico_chat.progress import ProgressBar
     from lexico_chat.textfile import read_text
 
     bad = [d for d in args.depths if not 0.0 <= d <= 1.0]
     if bad:
         raise LexicoError(f"--depths must be in [0, 1], got {bad}")
-    if args.buffer < 0:
-        raise LexicoError(f"--buffer must be >= 0, got {args.buffer}")
+    config = cache_config(args)
     seed_everything(args.seed)
     haystack = read_text(args.haystack)
     loaded = load_model(args.model, device=args.device)
@@ -207,8 +208,7 @@ def run(args: argparse.Namespace) -> int:
     dictionary = find_dictionary(loaded.model_id, loaded.dims, args.atoms, args.dictionary)
     sparsities = check_sparsities(args.sparsity, dictionary)
     trials = len(args.lengths) * len(args.depths) * (1 + len(sparsities))
-    stage, close = progress_bar(trials, "niah", unit="trial")
-    try:
+    with ProgressBar(trials, "niah", unit="trial") as bar:
         result = niah_eval(
             loaded,
             haystack,
@@ -216,14 +216,11 @@ def run(args: argparse.Namespace) -> int:
             args.lengths,
             args.depths,
             sparsities,
-            buffer=args.buffer,
-            window=args.window,
+            config=config,
             max_new_tokens=args.max_new_tokens,
             seed=args.seed,
-            progress=stage("trials"),
+            progress=bar.stage("trials"),
         )
-    finally:
-        close()
     if args.plot:
         plot_niah(result, args.plot)
     emit(result, args.json)

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from collections.abc import Callable
 
 import torch
 
+from lexico_chat.config import CacheConfig
+from lexico_chat.engine.options import DEFAULT_PREFILL_CHUNK
 from lexico_chat.errors import LexicoError
+from lexico_chat.output import emit
 
 __all__ = ["register", "run", "chunked_nll", "perplexity", "lexico_and_full_nll", "perplexity_eval", "DEFAULT_CHUNK"]
 
-DEFAULT_CHUNK = 256
+DEFAULT_CHUNK = DEFAULT_PREFILL_CHUNK  # what the chat's document prefill uses: measure what users get
 
 
 def chunked_nll(
@@ -65,25 +67,25 @@ def lexico_and_full_nll(
     input_ids: torch.Tensor,
     dictionary,
     *,
-    sparsity: int,
-    buffer: int = 128,
-    window: int = 32,
+    config: CacheConfig,
     chunk_size: int = DEFAULT_CHUNK,
-    coef_dtype: torch.dtype = torch.float8_e4m3fn,
-    progress_factory: Callable[[str, int], Callable[[int], object]] | None = None,
+    progress: Callable[[str], Callable[[int], object]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Per-token NLL with a DynamicCache and with a LexicoCache, and the LexicoCache's final kv_fraction."""
+    """Per-token NLL with a DynamicCache and with a LexicoCache of ``config``, and the LexicoCache's final
+    ``kv_fraction`` (``lexico_chat.memory``: every byte held, settled after the last chunk).
+
+    ``progress(stage_name)`` (e.g. ``ProgressBar.stage``) returns a callable taking each chunk's token count.
+    """
     from transformers import DynamicCache
 
     from lexico_chat.cache import LexicoCache
 
-    total = input_ids.shape[1]
-    bar = progress_factory or (lambda name, n: None)
+    stage = progress or (lambda name: None)
     full = chunked_nll(
-        model, input_ids, DynamicCache(config=model.config), chunk_size=chunk_size, progress=bar("full cache", total)
+        model, input_ids, DynamicCache(config=model.config), chunk_size=chunk_size, progress=stage("full cache")
     )
-    cache = LexicoCache.from_model(model, dictionary, sparsity, buffer=buffer, window=window, coef_dtype=coef_dtype)
-    lexico = chunked_nll(model, input_ids, cache, chunk_size=chunk_size, progress=bar("lexico cache", total))
+    cache = LexicoCache.from_model(model, dictionary, config)
+    lexico = chunked_nll(model, input_ids, cache, chunk_size=chunk_size, progress=stage("lexico cache"))
     return full, lexico, cache.memory().kv_fraction
 
 
@@ -113,28 +115,21 @@ def register(subparsers) -> None:
     add_dictionary_options(p)
     add_cache_options(p)
     p.add_argument("--max-tokens", type=positive_int, default=2048, help="tokens of the text used (default 2048)")
-    p.add_argument("--chunk", type=positive_int, default=DEFAULT_CHUNK, help="tokens per forward (default 256)")
+    p.add_argument(
+        "--chunk",
+        type=positive_int,
+        default=DEFAULT_CHUNK,
+        help="tokens per forward (default: the chat's prefill chunk)",
+    )
     add_json_option(p)
     p.set_defaults(func=run)
 
 
-def _tqdm_factory(name: str, total: int) -> Callable[[int], object]:
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc=name, unit="tok", file=sys.stderr, leave=False, dynamic_ncols=True)
-
-    def step(n: int) -> None:
-        bar.update(n)
-        if bar.n >= total:
-            bar.close()
-
-    return step
-
-
 def run(args: argparse.Namespace) -> int:
-    from lexico_chat.cli import emit
     from lexico_chat.lookup import find_dictionary
     from lexico_chat.models import load_model
+    from lexico_chat.options import cache_config
+    from lexico_chat.progress import ProgressBar
     from lexico_chat.textfile import read_text
 
     text = read_text(args.text)
@@ -144,15 +139,14 @@ def run(args: argparse.Namespace) -> int:
     if ids.shape[1] < 2:
         raise LexicoError(f"{args.text} holds fewer than 2 tokens")
     device = next(loaded.model.parameters()).device
-    result = perplexity_eval(
-        loaded.model,
-        ids.to(device),
-        dictionary,
-        sparsity=args.sparsity,
-        buffer=args.buffer,
-        window=args.window,
-        chunk_size=args.chunk,
-        progress_factory=_tqdm_factory,
-    )
+    with ProgressBar(2 * ids.shape[1], "perplexity", unit="tok") as bar:
+        result = perplexity_eval(
+            loaded.model,
+            ids.to(device),
+            dictionary,
+            config=cache_config(args),
+            chunk_size=args.chunk,
+            progress=bar.stage,
+        )
     emit(result, args.json)
     return 0

@@ -7,6 +7,7 @@ import argparse
 import torch
 
 from lexico_chat.errors import LexicoError
+from lexico_chat.output import emit
 from lexico_chat.training.collect import token_windows, window_kv
 from lexico_chat.training.fit import relative_error
 
@@ -64,7 +65,6 @@ def reconstruction_error(model, tokenizer, text: str, dictionary, sparsity: int,
 
 
 def run(args: argparse.Namespace) -> int:
-    from lexico_chat.cli import emit
     from lexico_chat.lookup import find_dictionary
     from lexico_chat.models import load_model
     from lexico_chat.textfile import read_text

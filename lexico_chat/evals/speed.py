@@ -10,11 +10,15 @@ load during the run weighs on both figures alike.
 from __future__ import annotations
 
 import argparse
-import time
+from functools import partial
 
 import torch
 
+from lexico_chat.config import CacheConfig
+from lexico_chat.engine.options import DEFAULT_PREFILL_CHUNK
 from lexico_chat.errors import LexicoError
+from lexico_chat.output import emit
+from lexico_chat.timing import timed
 
 __all__ = ["register", "run", "context_ids", "interleaved_prefill", "interleaved_decode", "speed_eval"]
 
@@ -25,21 +29,14 @@ def context_ids(vocab_size: int, context: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, vocab_size, (1, context), generator=gen)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed_forward(model, ids: torch.Tensor, cache) -> tuple[float, torch.Tensor]:
     """Seconds for one forward of (1, t) ``ids`` into ``cache``, and the (1, vocab) last logits."""
-    _sync(ids.device)
-    start = time.perf_counter()
-    logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-    _sync(ids.device)
-    return time.perf_counter() - start, logits
+    forward = partial(model, input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    seconds, output = timed(forward, ids.device)
+    return seconds, output.logits[:, -1]
 
 
-def interleaved_prefill(model, input_ids: torch.Tensor, caches: list, chunk_size: int = 512):
+def interleaved_prefill(model, input_ids: torch.Tensor, caches: list, chunk_size: int = DEFAULT_PREFILL_CHUNK):
     """Prefill (1, T) ids into every cache, chunk by chunk in turn (so load drift hits all alike).
 
     Returns the seconds spent per cache and each cache's (1, vocab) last logits.
@@ -71,13 +68,12 @@ def speed_eval(
     dictionary,
     context: int,
     *,
-    sparsity: int = 8,
-    buffer: int = 128,
-    window: int = 32,
+    config: CacheConfig | None = None,
     decode_tokens: int = 64,
-    chunk_size: int = 512,
+    chunk_size: int = DEFAULT_PREFILL_CHUNK,
 ) -> dict:
-    """``{"context", "full_decode_ms", "lexico_decode_ms", "full_prefill_tps", "lexico_prefill_tps"}``.
+    """``{"context", "full_decode_ms", "lexico_decode_ms", "full_prefill_tps", "lexico_prefill_tps"}`` for a
+    LexicoCache of ``config`` (default settings when None).
 
     The full (DynamicCache) and Lexico runs alternate chunk by chunk and step by step.
     """
@@ -91,7 +87,7 @@ def speed_eval(
     def caches():
         return [
             DynamicCache(config=model.config),
-            LexicoCache.from_model(model, dictionary, sparsity, buffer=buffer, window=window),
+            LexicoCache.from_model(model, dictionary, config),
         ]
 
     warm = caches()  # one-time costs (allocator, kernel selection) outside the timings
@@ -123,15 +119,20 @@ def register(subparsers) -> None:
     add_dictionary_options(p)
     add_cache_options(p)
     p.add_argument("--decode-tokens", type=positive_int, default=64, help="decode steps timed (default 64)")
-    p.add_argument("--chunk", type=positive_int, default=512, help="prefill tokens per forward (default 512)")
+    p.add_argument(
+        "--chunk",
+        type=positive_int,
+        default=DEFAULT_PREFILL_CHUNK,
+        help="prefill tokens per forward (default: the chat's)",
+    )
     add_json_option(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from lexico_chat.cli import emit
     from lexico_chat.lookup import find_dictionary
     from lexico_chat.models import load_model
+    from lexico_chat.options import cache_config
 
     loaded = load_model(args.model, device=args.device)
     if args.context + args.decode_tokens > loaded.dims.max_positions:
@@ -144,9 +145,7 @@ def run(args: argparse.Namespace) -> int:
         loaded.model,
         dictionary,
         args.context,
-        sparsity=args.sparsity,
-        buffer=args.buffer,
-        window=args.window,
+        config=cache_config(args),
         decode_tokens=args.decode_tokens,
         chunk_size=args.chunk,
     )

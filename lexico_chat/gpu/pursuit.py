@@ -1,15 +1,16 @@
 """Fused batched OMP in one Triton launch: the whole pursuit of a block of vectors in one program.
 
 Same algorithm and results as ``lexico_chat.omp.omp`` (incremental QR of the chosen atoms, final
-triangular solve), without a launch per step. A persistent grid of programs takes blocks of BLOCK_B
-vectors; for each of the s steps a program streams the dictionary in (m, BLOCK_N) tiles through
-``tl.dot`` (bf16/fp16 operands, or fp32 ones as tf32x3, ~fp32 accuracy) keeping a running best
-|correlation| per vector, orthogonalises the chosen atom against the previous directions (modified
-Gram-Schmidt; the directions Q and the triangular factor U live in a per-program scratch area that
-stays in cache, as they do not fit in registers), and updates the residual. The chosen-atom mask is
-applied only when some vector of the block picked an atom twice (its residual is orthogonal to the
-chosen atoms, so that happens only when the residual is ~0): the unmasked maximum is the masked one
-whenever it is not already chosen.
+triangular solve), without a launch per step; ``omp`` calls it for CUDA vectors where
+``lexico_chat.accel.triton_enabled`` and the selection dtype is one of ``SELECT_DTYPES``. A persistent
+grid of programs takes blocks of BLOCK_B vectors; for each of the s steps a program streams the
+dictionary in (m, BLOCK_N) tiles through ``tl.dot`` (bf16/fp16 operands, or fp32 ones as tf32x3, ~fp32
+accuracy) keeping a running best |correlation| per vector, orthogonalises the chosen atom against the
+previous directions (modified Gram-Schmidt; the directions Q and the triangular factor U live in a
+per-program scratch area that stays in cache, as they do not fit in registers), and updates the
+residual. The chosen-atom mask is applied only when some vector of the block picked an atom twice (its
+residual is orthogonal to the chosen atoms, so that happens only when the residual is ~0): the unmasked
+maximum is the masked one whenever it is not already chosen.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import torch
 import triton
 import triton.language as tl
 
-from lexico_chat.gpu import SELECT_DTYPES
 from lexico_chat.gpu.runtime import on_device, pow2, program_slots
 
 __all__ = ["omp", "SELECT_DTYPES"]
+
+SELECT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # atom-selection dtypes the kernel takes
 
 # (vectors per program = the GEMM's M, dictionary tile width, warps) per selection precision: picked from the
 # compiler's resource report for sm_90 (no spills inside the correlation loop); bf16/fp16 gets Hopper wgmma

@@ -25,10 +25,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from lexico_chat.atomic import write_atomic
+from lexico_chat.config import DEFAULT_KEY_SPACE, KEY_SPACES, CacheConfig
 from lexico_chat.dictionary import DictionaryMeta, LexicoDictionary
 from lexico_chat.errors import LexicoError
 from lexico_chat.models import LoadedModel
-from lexico_chat.rope import KEY_SPACES
 from lexico_chat.training.collect import KVSample, collect_kv, token_windows
 from lexico_chat.training.fit import fit_dictionary, relative_error, sampled_dictionary
 
@@ -42,8 +42,8 @@ EVAL_SPARSITIES = (4, 8, 16, 32)
 class TrainConfig:
     """Settings of one training run (all recorded in the work folder and the output metadata)."""
 
-    atoms: int = 4096
-    sparsity: int = 8
+    atoms: int = CacheConfig.atoms
+    sparsity: int = CacheConfig.sparsity
     iters: int = 10
     max_vectors: int = 100_000
     max_heldout: int = 8192
@@ -52,7 +52,7 @@ class TrainConfig:
     heldout_every: int = 10
     update: str = "mod"
     seed: int = 0
-    key_space: str = "post_rope"  # "pre_rope": code keys before their rotation (lexico_chat.rope)
+    key_space: str = DEFAULT_KEY_SPACE  # "pre_rope" codes keys before their rotation (lexico_chat.rope)
     values_from: str | None = None  # take value dictionaries from this file instead of fitting them
 
     def __post_init__(self) -> None:

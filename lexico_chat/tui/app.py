@@ -16,8 +16,8 @@ from textual.message import Message
 from lexico_chat.engine.types import ChatEngine, SamplingConfig
 from lexico_chat.errors import LexicoError
 from lexico_chat.tui import commands
-from lexico_chat.tui.widgets.chat_screen import ChatScreen, describe
-from lexico_chat.tui.widgets.load_error_dialog import LoadErrorDialog
+from lexico_chat.tui.screens.chat import ChatScreen
+from lexico_chat.tui.screens.load_error import LoadErrorDialog
 
 __all__ = ["LexicoApp", "run_tui"]
 
@@ -39,7 +39,7 @@ class LexicoApp(App[int]):
 
     @dataclass
     class EngineFailed(Message):
-        message: str
+        error: Exception  # the dialog shows a MissingDictionaryError's command
 
     def __init__(
         self,
@@ -74,7 +74,7 @@ class LexicoApp(App[int]):
             self.post_message(self.EngineLoaded(self.engine_factory()))
         except Exception as err:  # any failure ends in the dialog, never in a traceback over the UI
             logger.debug("engine factory failed", exc_info=True)
-            self.post_message(self.EngineFailed(describe(err)))
+            self.post_message(self.EngineFailed(err))
 
     async def on_lexico_app_engine_loaded(self, event: EngineLoaded) -> None:
         await self.chat.attach(event.engine)
@@ -86,7 +86,7 @@ class LexicoApp(App[int]):
 
     def on_lexico_app_engine_failed(self, event: EngineFailed) -> None:
         self.chat.show_load_failure()
-        self.push_screen(LoadErrorDialog(event.message), callback=lambda _: self.exit(return_code=2))
+        self.push_screen(LoadErrorDialog(event.error), callback=lambda _: self.exit(return_code=2))
 
     async def action_quit(self) -> None:
         self.chat.action_cancel_reply()  # a generating worker thread would otherwise hold the exit

@@ -1,10 +1,12 @@
-"""Human-readable figures for the status bar and the stats screen (pure functions, no Textual)."""
+"""Human-readable text for the status bar, the stats screen and error notifications (pure functions, no
+Textual)."""
 
 from __future__ import annotations
 
 from lexico_chat.engine.types import SessionStats
+from lexico_chat.errors import LexicoError
 
-__all__ = ["human_bytes", "status_segments", "pack_segments"]
+__all__ = ["describe", "human_bytes", "status_segments", "pack_segments"]
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 
@@ -65,3 +67,8 @@ def pack_segments(segments: list[str], width: int, separator: str = " │ ") -> 
         else:
             lines.append(segment)
     return lines
+
+
+def describe(err: Exception) -> str:
+    """One line for a notification: a LexicoError's own message, else the exception type and message."""
+    return str(err) if isinstance(err, LexicoError) else f"{type(err).__name__}: {err}"

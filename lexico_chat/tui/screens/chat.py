@@ -25,19 +25,15 @@ from lexico_chat.engine.types import ChatEngine, IngestProgress, SamplingConfig
 from lexico_chat.errors import LexicoError
 from lexico_chat.tui import commands
 from lexico_chat.tui.commands import CommandLine, SlashCommandProvider
+from lexico_chat.tui.format import describe
+from lexico_chat.tui.screens.stats import StatsScreen
 from lexico_chat.tui.widgets.assistant_message import AssistantMessage
 from lexico_chat.tui.widgets.chat_view import ChatView
 from lexico_chat.tui.widgets.document_progress import DocumentProgress
 from lexico_chat.tui.widgets.prompt_input import PromptInput
-from lexico_chat.tui.widgets.stats_screen import StatsScreen
 from lexico_chat.tui.widgets.status_bar import StatusBar
 
 logger = logging.getLogger(__name__)
-
-
-def describe(err: Exception) -> str:
-    """One line for a notification: a LexicoError's own message, else the exception type and message."""
-    return str(err) if isinstance(err, LexicoError) else f"{type(err).__name__}: {err}"
 
 
 class ChatScreen(Screen):

@@ -1,4 +1,4 @@
-"""Chunked prefill: feed a long prompt through the model a chunk at a time.
+"""Chunked prefill: feed a long prompt through the model a chunk at a time (the engine's ingest step).
 
 With a ``LexicoCache`` the cache compresses as it goes, so peak memory is the weights, the
 compressed cache, the buffer and one chunk's activations (the logits of one position only).
@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["prefill", "DEFAULT_CHUNK"]
+from lexico_chat.engine.options import DEFAULT_PREFILL_CHUNK
 
-DEFAULT_CHUNK = 512
+__all__ = ["prefill"]
 
 
 def prefill(
@@ -20,7 +20,7 @@ def prefill(
     input_ids: torch.Tensor,
     cache,
     *,
-    chunk_size: int = DEFAULT_CHUNK,
+    chunk_size: int = DEFAULT_PREFILL_CHUNK,
     progress: Callable[[int], object] | None = None,
 ) -> torch.Tensor:
     """Run ``input_ids`` through ``model`` in chunks, filling ``cache``.

@@ -3,32 +3,28 @@ load error. The app has nothing to run without an engine, so closing the dialog 
 
 from __future__ import annotations
 
-import re
-
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
-_TRAIN_COMMAND = re.compile(r"lexico-chat train-dictionary[^\n`'\"]*")
-
-
-def train_command(message: str) -> str | None:
-    """The ``lexico-chat train-dictionary ...`` command quoted in an error message, if any."""
-    found = _TRAIN_COMMAND.search(message)
-    return found.group(0).strip().rstrip(".;,") if found else None
+from lexico_chat.errors import MissingDictionaryError
+from lexico_chat.tui.format import describe
 
 
 class LoadErrorDialog(ModalScreen[None]):
-    """The engine factory raised ``message``; Quit, Esc or q dismisses it (the app then exits)."""
+    """The engine factory raised ``error``; Quit, Esc or q dismisses it (the app then exits).
+
+    A MissingDictionaryError also shows its ``command``, with a button that copies it."""
 
     BINDINGS = [Binding("escape,q", "dismiss", "Quit")]
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, error: Exception) -> None:
         super().__init__()
-        self.message = message
-        self.command = train_command(message)
+        self.error = error
+        self.message = describe(error)
+        self.command = error.command if isinstance(error, MissingDictionaryError) else None
 
     def compose(self) -> ComposeResult:
         with Vertical(id="load-error-panel") as panel:

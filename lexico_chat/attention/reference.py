@@ -1,4 +1,5 @@
-"""Attention over sparse-coded keys/values plus a full-precision buffer, in the compressed domain.
+"""The PyTorch path (the reference, and the CPU fallback) of attention over sparse-coded keys/values plus a
+full-precision buffer, in the compressed domain.
 
 For a query q and a compressed key ``k_t = D_k[:, idx_t] @ coef_t``:
 
@@ -32,79 +33,17 @@ All arithmetic is fp32; the output is cast to the query dtype.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from lexico_chat.attention.codes import CompressedKV
 from lexico_chat.rope import rotate_
 
-__all__ = [
-    "CompressedKV",
-    "attention_bias",
-    "coefs_to_float",
-    "compressed_attention",
-    "VALUES_SPARSE_MAX_ROWS",
-    "TILE_TOKENS",
-]
+__all__ = ["attention_bias", "reference_attention", "VALUES_SPARSE_MAX_ROWS", "TILE_TOKENS", "BLOCK_ELEMENTS"]
 
 VALUES_SPARSE_MAX_ROWS = 8  # query rows per KV head (GQA group x query tokens) scattered in atom space
 TILE_TOKENS = 1024  # compressed values rebuilt at once for many query rows
 BLOCK_ELEMENTS = 1 << 23  # cap on the elements of one query block's score / scatter intermediates
 _NEG = torch.finfo(torch.float32).min
-
-
-@dataclass(frozen=True)
-class CompressedKV:
-    """The compressed tokens of one layer, as attention reads them.
-
-    Attributes
-    ----------
-    key_indices, value_indices : (batch, kv_heads, T, s) integer atom indices (int16 as stored).
-    key_coefs, value_coefs : (batch, kv_heads, T, s) coefficients (any float dtype, fp8 included).
-    key_dictionary, value_dictionary : (head_dim, N) float32 atoms on the same device.
-    key_rope : None for post-RoPE key codes; for pre-RoPE codes the half-width (cos, sin) of the
-        compressed tokens, each (batch, T, head_dim / 2) float32.
-    """
-
-    key_indices: torch.Tensor
-    key_coefs: torch.Tensor
-    value_indices: torch.Tensor
-    value_coefs: torch.Tensor
-    key_dictionary: torch.Tensor
-    value_dictionary: torch.Tensor
-    key_rope: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    @property
-    def length(self) -> int:
-        return self.key_indices.shape[2]
-
-    def widened(self) -> CompressedKV:
-        """fp32 coefficients and int64 value indices (what scatter needs), converted once per call; key
-        indices stay as stored (widened to int32 when offset into the stacked score tables)."""
-        key_coefs, value_coefs = coefs_to_float(torch.stack([self.key_coefs, self.value_coefs]))  # one decode
-        return CompressedKV(
-            self.key_indices,
-            key_coefs,
-            self.value_indices.long(),
-            value_coefs,
-            self.key_dictionary,
-            self.value_dictionary,
-            self.key_rope,
-        )
-
-
-def coefs_to_float(coefs: torch.Tensor) -> torch.Tensor:
-    """Stored coefficients (any float dtype) as fp32; float8_e4m3fn is decoded by bit arithmetic.
-
-    torch's fp8 -> fp32 cast is scalar on CPU (~5x slower than these five vectorised integer ops).
-    Placing the e4m3 sign at bit 15 and exponent/mantissa at bits 13..7 of a float16 gives exactly
-    value * 2**-8 for normal and subnormal e4m3 numbers alike (NaN is never stored: values saturate).
-    """
-    if coefs.dtype != torch.float8_e4m3fn:
-        return coefs.to(torch.float32)
-    bits = coefs.view(torch.uint8).to(torch.int16)
-    half = ((bits & 0x80) << 8) | ((bits & 0x7F) << 7)
-    return half.view(torch.float16).to(torch.float32).mul_(256.0)
 
 
 def attention_bias(
@@ -150,7 +89,7 @@ def attention_bias(
     return bias.view(bias.shape[0], kv_heads, groups, q_len, total)
 
 
-def compressed_attention(
+def reference_attention(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
@@ -161,7 +100,7 @@ def compressed_attention(
     softcap: float | None = None,
     sliding_window: int | None = None,
 ) -> torch.Tensor:
-    """Attention of ``query`` over compressed tokens followed by buffer tokens.
+    """Attention of ``query`` over compressed tokens followed by buffer tokens, in PyTorch (any device).
 
     Parameters
     ----------
@@ -175,22 +114,6 @@ def compressed_attention(
     -------
     (b, q_len, heads, m) in ``query.dtype``.
     """
-    pre_rope = compressed is not None and compressed.key_rope is not None
-    if query.is_cuda and query.shape[2] == 1 and not pre_rope:  # fused Triton decode (lexico_chat.gpu)
-        from lexico_chat.gpu import try_decode_attention
-
-        out = try_decode_attention(
-            query,
-            key,
-            value,
-            compressed,
-            attention_mask,
-            scaling=scaling,
-            softcap=softcap,
-            sliding_window=sliding_window,
-        )
-        if out is not None:
-            return out
     b, heads, q_len, m = query.shape
     kv_heads = key.shape[1]
     groups = heads // kv_heads

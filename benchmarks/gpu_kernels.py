@@ -1,17 +1,22 @@
 """Measurements behind ``benchmarks/gpu_bench.py``: self-check, one attention layer, OMP throughput.
 
 Each section reports through the script's ``run`` object (``run.row``, ``run.note``, ``run.fits``);
-the model sections (decode, prefill) live in ``bench_model``. Times are medians of device-event-timed
+the model sections (decode, prefill) live in ``gpu_model``. The self-check's problems come from
+``tests/kernel_cases.py`` (imported as ``tests.kernel_cases``: ``gpu_bench.py`` puts the repository root
+and this folder on ``sys.path``). Times are medians of device-event-timed
 repeats after a warm-up (host clock on CPU).
 """
 
 from __future__ import annotations
 
 import torch
+from gpu_measure import nan_if_none, time_ms, verdict
+from gpu_model import model_rows
 
-from lexico_chat.gpu import pytorch_path
-from lexico_chat.gpu.bench_model import model_rows
-from lexico_chat.gpu.measure import nan_if_none, time_ms, verdict
+from lexico_chat.accel import pytorch_path
+from lexico_chat.attention import CompressedKV, compressed_attention
+from lexico_chat.omp import omp
+from tests.kernel_cases import TOLERANCE, check_decode, check_omp, decode_case, unit_dictionary
 
 __all__ = ["describe", "self_check", "attention_op", "omp_rate", "model_rows"]
 
@@ -36,12 +41,8 @@ def _poison(device: torch.device, nbytes: int = 1 << 26) -> None:
 
 def self_check(run, device: torch.device, smoke: bool, has_cache: bool) -> bool:
     """Triton vs PyTorch on fresh random inputs (decode attention and OMP); False (and run.failed) on a miss."""
-    from lexico_chat.gpu.cases import TOLERANCE, check_omp, unit_dictionary
-
     ok = True
     if has_cache:
-        from lexico_chat.gpu.cases import check_decode, decode_case
-
         big = dict(head_dim=16, atoms=64) if smoke else dict(head_dim=128, atoms=4096)
         cases = [
             dict(kv_heads=8 if not smoke else 2, groups=3, sparsity=8, compressed=3000 if not smoke else 150,
@@ -101,8 +102,6 @@ def attention_op(run, device: torch.device, contexts: list[int], triton_ok: bool
 
 def _attention_at(run, device, ctx: int, shape: tuple, triton_ok: bool, reps: int) -> list[tuple[str, float | None]]:
     """(variant, ms per layer) of SDPA on dense bf16 K/V and of the compressed cache (PyTorch, Triton)."""
-    from lexico_chat.cache.kernels import CompressedKV, compressed_attention
-
     layers, hkv, groups, m, n_atoms, s, buf = shape
     tc, dt, scale = ctx - buf, torch.bfloat16, m**-0.5
     q = torch.randn(1, hkv * groups, 1, m, device=device, dtype=dt)
@@ -126,7 +125,7 @@ def _attention_at(run, device, ctx: int, shape: tuple, triton_ok: bool, reps: in
                 compressed_attention(q, keys[i, :, :, :buf], values[i, :, :, :buf], comp[i], None, scaling=scale)
 
     def fused():
-        from lexico_chat.gpu.decode import decode_attention
+        from lexico_chat.attention.triton_decode import decode_attention  # triton: only where it is installed
 
         for i in range(layers):
             decode_attention(q, keys[i, :, :, :buf], values[i, :, :, :buf], comp[i], None, scaling=scale)
@@ -159,8 +158,6 @@ def _memory_fits(device: torch.device, nbytes: float) -> bool:
 
 def omp_rate(run, device: torch.device, triton_ok: bool, smoke: bool) -> None:
     """Vectors/s of the PyTorch OMP and the fused Triton OMP, fp32 (exact) and bf16 atom selection."""
-    from lexico_chat.omp import omp
-
     for m, n, s in SMOKE_OMP_SHAPES if smoke else OMP_SHAPES:
         if not run.fits(15, f"OMP at ({m},{n},{s})"):
             return
@@ -174,7 +171,7 @@ def omp_rate(run, device: torch.device, triton_ok: bool, smoke: bool) -> None:
                 ms = time_ms(lambda: omp(few, d, s, select_dtype=select), device, reps=3)  # noqa: B023
             run.row("omp", f"({m},{n},{s}) {name}", "pytorch", few.shape[0] / ms * 1e3, "vectors/s")
             if triton_ok:
-                from lexico_chat.gpu.pursuit import omp as fused_omp
+                from lexico_chat.gpu.pursuit import omp as fused_omp  # triton: only where it is installed
 
                 call = lambda: fused_omp(x, d, s, select_dtype=select)  # noqa: B023, E731
                 ms = run.attempt(f"triton omp ({m},{n},{s}) {name}", time_ms, call, device, reps=3)

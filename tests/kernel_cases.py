@@ -1,7 +1,8 @@
 """Random problems for the Triton kernels and their comparison with the PyTorch path (the reference).
 
 Used by ``tests/test_gpu_kernels.py`` (CPU, TRITON_INTERPRET=1) and by ``benchmarks/gpu_bench.py``'s
-self-check on the GPU; the cache package (hence transformers) is imported only for attention problems.
+self-check on the GPU (which imports it as ``tests.kernel_cases`` from the repository root). Triton is
+imported only when a kernel is checked, so the problem builders and ``relative_error`` work without it.
 Inputs mimic the cache: codes and buffer are views into larger-capacity storage, the value dictionary
 is a (m, N) view of a contiguous (N, m) tensor, and the query is the (b, heads, 1, m) transpose of a
 (b, 1, heads, m) tensor, as transformers hands it over.
@@ -10,14 +11,13 @@ is a (m, N) view of a contiguous (N, m) tensor, and the query is the (b, heads, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
-from lexico_chat.gpu import pytorch_path
-
-if TYPE_CHECKING:
-    from lexico_chat.cache.kernels import CompressedKV
+from lexico_chat.accel import pytorch_path
+from lexico_chat.attention import CompressedKV
+from lexico_chat.attention.reference import reference_attention
+from lexico_chat.omp import omp, reconstruct
 
 __all__ = ["DecodeCase", "decode_case", "check_decode", "check_omp", "relative_error", "unit_dictionary", "TOLERANCE"]
 
@@ -61,8 +61,6 @@ def decode_case(
     seed: int = 0,
 ) -> DecodeCase:
     """A random problem; ``mask`` adds a random (b, 1, 1, total) bool mask (the last key always attended)."""
-    from lexico_chat.cache.kernels import CompressedKV
-
     gen = torch.Generator().manual_seed(seed)
     b, hkv, m, s = batch, kv_heads, head_dim, sparsity
 
@@ -104,13 +102,11 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def check_decode(case: DecodeCase, splits: int | None = None) -> float:
-    """Relative error of the Triton decode attention against ``compressed_attention`` (PyTorch path)."""
-    from lexico_chat.cache.kernels import compressed_attention
-    from lexico_chat.gpu.decode import decode_attention
+    """Relative error of the Triton decode attention against the PyTorch reference path."""
+    from lexico_chat.attention.triton_decode import decode_attention  # triton: imported for kernel checks only
 
     args = (case.query, case.key, case.value, case.compressed, case.mask)
-    with pytorch_path():
-        ref = compressed_attention(*args, scaling=case.scaling, softcap=case.softcap)
+    ref = reference_attention(*args, scaling=case.scaling, softcap=case.softcap)
     out = decode_attention(*args, scaling=case.scaling, softcap=case.softcap, splits=splits)
     if out.shape != ref.shape or out.dtype != ref.dtype:
         raise AssertionError(f"decode_attention gave {tuple(out.shape)} {out.dtype}, expected {tuple(ref.shape)} "
@@ -135,8 +131,7 @@ def check_omp(
     distinct : 1.0 if every vector's indices are distinct.
     error, error_torch : mean relative reconstruction error of the Triton and PyTorch codes.
     """
-    from lexico_chat.gpu.pursuit import omp as fused_omp
-    from lexico_chat.omp import omp, reconstruct
+    from lexico_chat.gpu.pursuit import omp as fused_omp  # triton: imported for kernel checks only
 
     with pytorch_path():
         idx0, coef0 = omp(vectors, dictionary, sparsity, tol=tol, select_dtype=select_dtype)

@@ -4,8 +4,9 @@ A Llama-3.2-3B-shaped model with random bf16 weights (built on the device, nothi
 DynamicCache + SDPA vs LexicoCache through the PyTorch path and through the Triton path, both caches
 filled directly with random states / random codes (no prefill), then ``steps`` greedy steps timed
 (compressions of the buffer happen meanwhile, as in real decoding). Prefill: real prefill-and-compress
-of a shorter context, timed end to end. Where the Triton hooks are not wired into the cache yet, the
-Triton rows register their own "lexico" attention and patch the cache layer's ``omp`` name, and say so.
+of a shorter context, timed end to end. The library dispatches OMP and decode attention to the Triton
+kernels by itself on CUDA, so the Triton rows just run the model; the PyTorch rows run it inside
+``lexico_chat.accel.pytorch_path()``.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import contextlib
 import time
 
 import torch
+from gpu_measure import peak_gib, sync, verdict
 
-from lexico_chat.gpu import pytorch_path
-from lexico_chat.gpu.cases import relative_error
-from lexico_chat.gpu.measure import peak_gib, sync, verdict
+from lexico_chat.accel import pytorch_path
+from tests.kernel_cases import relative_error
 
 __all__ = ["model_rows", "LLAMA_3B", "TINY", "PREFILL_TOKENS"]
 
@@ -40,13 +41,8 @@ def model_rows(run, device: torch.device, contexts: list[int], triton_ok: bool, 
     model = _model(device, smoke)
     setup = dict(model=model, buffer=16 if smoke else BUFFER, steps=steps)
     setup["dictionary"] = _dictionary(model.config, 64 if smoke else ATOMS, device)
-    hooks = _wired(device) if triton_ok else {"decode": False, "omp": False}
-    run.data["hooks_wired"] = hooks
-    label = "triton" + ("" if all(hooks.values()) else " (bench-wired)")
-    if triton_ok and not all(hooks.values()):
-        run.note(f"Triton hooks wired in lexico_chat: {hooks}; the '{label}' rows wire the missing ones themselves")
     variants = [("sdpa full cache", contextlib.nullcontext), ("lexico pytorch", pytorch_path)]
-    variants += [(f"lexico {label}", lambda: _triton_path(hooks))] * triton_ok
+    variants += [("lexico triton", contextlib.nullcontext)] * triton_ok
     limit = model.config.max_position_embeddings - steps - 8
     for ctx in [min(c, limit) for c in contexts]:
         if not run.fits(8 + ctx / 8192, f"decode at {ctx}"):
@@ -131,8 +127,10 @@ def _fill_lexico(model, dictionary, ctx: int, buffer: int):
     """A LexicoCache holding ``ctx`` tokens (0: empty): random codes, then ``buffer - 1`` random states, so that
     the first decode step compresses nothing (its logits compare attention paths alone)."""
     from lexico_chat.cache import LexicoCache
+    from lexico_chat.config import CacheConfig
 
-    cache = LexicoCache.from_model(model, dictionary, sparsity=SPARSITY, buffer=buffer)
+    config = CacheConfig(sparsity=SPARSITY, atoms=dictionary.meta.atoms, buffer=buffer)
+    cache = LexicoCache.from_model(model, dictionary, config)
     if ctx == 0:
         return cache
     cfg, dev = model.config, model.device
@@ -167,7 +165,7 @@ def _decode_ms(model, cache, steps: int, device: torch.device, warmup: int = 3) 
 
 
 def _prefill_seconds(setup: dict, ids: torch.Tensor, name: str) -> float:
-    from lexico_chat.cache import prefill
+    from lexico_chat.engine.prefill import prefill
 
     model = setup["model"]
     dense = name.startswith("sdpa")
@@ -200,77 +198,3 @@ def _nvml_used_gib(device: torch.device) -> float | None:
         return pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**30
     except pynvml.NVMLError:
         return None
-
-
-@contextlib.contextmanager
-def _counting(module, name: str):
-    original, calls = getattr(module, name), []
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    setattr(module, name, counted)
-    try:
-        yield calls
-    finally:
-        setattr(module, name, original)
-
-
-def _wired(device: torch.device) -> dict[str, bool]:
-    """Whether compressed_attention and omp reach the Triton kernels by themselves on ``device``."""
-    import lexico_chat.gpu.decode as decode
-    import lexico_chat.gpu.pursuit as pursuit
-    from lexico_chat.cache.kernels import compressed_attention
-    from lexico_chat.gpu.cases import decode_case, unit_dictionary
-    from lexico_chat.omp import omp
-
-    case = decode_case(device=device)
-    with _counting(decode, "decode_attention") as attention_calls:
-        compressed_attention(case.query, case.key, case.value, case.compressed, None, scaling=case.scaling)
-    with _counting(pursuit, "omp") as omp_calls:
-        omp(torch.randn(8, 16, device=device), unit_dictionary(16, 64, torch.Generator(), device), 4)
-    return {"decode": bool(attention_calls), "omp": bool(omp_calls)}
-
-
-@contextlib.contextmanager
-def _triton_path(hooks: dict[str, bool]):
-    """Triton attention and OMP inside the model: as wired, or wired here for this block where missing."""
-    from transformers import AttentionInterface
-
-    import lexico_chat.cache.layer as layer_module
-    from lexico_chat.cache.attention import ATTENTION_NAME, register_lexico_attention
-
-    original_omp = layer_module.omp
-    if not hooks["decode"]:
-        AttentionInterface.register(ATTENTION_NAME, _triton_attention)
-    if not hooks["omp"]:
-        layer_module.omp = _triton_omp
-    try:
-        yield
-    finally:
-        register_lexico_attention()
-        layer_module.omp = original_omp
-
-
-def _triton_omp(vectors, dictionary, sparsity, *, tol=0.0, chunk=512, select_dtype=torch.float32):
-    from lexico_chat.gpu.pursuit import omp
-
-    return omp(vectors, dictionary, sparsity, tol=tol, select_dtype=select_dtype)
-
-
-def _triton_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, softcap=None,
-                      sliding_window=None, **kwargs):  # fmt: skip
-    from lexico_chat.cache.attention import lexico_attention_forward
-    from lexico_chat.cache.layer import LAYER_TAG
-    from lexico_chat.gpu.decode import decode_attention
-
-    layer = getattr(key, LAYER_TAG, None)
-    one_row_mask = attention_mask is None or attention_mask.shape[1:3] == (1, 1)
-    if layer is not None and layer.compressed_length and query.shape[2] == 1 and one_row_mask:
-        scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-        out = decode_attention(query, key, value, layer.compressed(), attention_mask, scaling=scale, softcap=softcap,
-                               sliding_window=sliding_window)  # fmt: skip
-        return out, None
-    return lexico_attention_forward(module, query, key, value, attention_mask, dropout, scaling, softcap,
-                                    sliding_window, **kwargs)  # fmt: skip

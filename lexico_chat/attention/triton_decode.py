@@ -12,6 +12,9 @@ of two) are handled together, so each code is read once for the whole group. Fou
 3. ``_values_kernel``  merges the statistics into the shared softmax, then scatters p_t · coef_t into
    w[bh, idx_t, g] with atomic adds (compressed splits) or accumulates p_t · v_t (buffer program).
 4. ``_output_kernel``  out[b, h·G + g] = Σ_n w[bh, n, g] · D_v[:, n] + buffer part, in the query dtype.
+
+Triton is optional: ``lexico_chat.attention.dispatch`` imports this module only once a CUDA decode step
+qualifies (``decode_eligible``); the reference path is ``lexico_chat.attention.reference``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from lexico_chat.gpu.kernel_parts import code_block, finish_scores, online_stats
+from lexico_chat.attention.codes import CompressedKV, coefs_to_float
+from lexico_chat.attention.triton_parts import code_block, finish_scores, online_stats
 from lexico_chat.gpu.runtime import on_device, pow2, program_slots
 
 __all__ = ["decode_attention", "BLOCK_T", "MAX_SPLITS"]
@@ -174,15 +178,17 @@ def decode_attention(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    compressed,
+    compressed: CompressedKV | None,
     attention_mask: torch.Tensor | None,
     *,
     scaling: float,
     softcap: float | None = None,
-    sliding_window: int | None = None,
     splits: int | None = None,
 ) -> torch.Tensor:
     """Attention of one query token over compressed tokens followed by buffer tokens, in four launches.
+
+    The inputs must satisfy ``lexico_chat.attention.dispatch.decode_eligible`` (which ``compressed_attention``
+    checks before calling this); they are not checked again here.
 
     Parameters
     ----------
@@ -191,29 +197,24 @@ def decode_attention(
     compressed : ``CompressedKV`` of the Tc older tokens (int16 indices; fp8 e4m3 / fp16 / fp32
         coefficients; (m, N) fp32 dictionaries), or None.
     attention_mask : None, or (b or 1, 1, 1, Tc + Tb) bool (True = attend) / additive float.
-    scaling, softcap : as ``compressed_attention``; sliding_window must be None or >= Tc + Tb.
+    scaling, softcap : as ``compressed_attention`` (a sliding window, if any, spans every key).
     splits : compressed-token splits per (batch, KV head) (default: enough to fill the device).
 
     Returns
     -------
     (b, 1, heads, m) in ``query.dtype``.
     """
-    b, heads, q_len, m = query.shape
+    b, heads, _, m = query.shape
     kv_heads, n_buf = key.shape[1], key.shape[2]
     n_comp = compressed.length if compressed is not None else 0
     total = n_comp + n_buf
-    if q_len != 1 or heads % kv_heads or total == 0:
-        raise ValueError(f"decode_attention needs q_len == 1, heads % kv_heads == 0 and keys; got query "
-                         f"{tuple(query.shape)}, {kv_heads} KV heads, {total} keys")  # fmt: skip
-    if sliding_window is not None and sliding_window < total:
-        raise ValueError(f"`sliding_window` must be None or >= {total} keys for decode_attention, got {sliding_window}")
     bh, gp, dp = b * kv_heads, pow2(heads // kv_heads), pow2(m, 16)
     n_atoms = compressed.key_dictionary.shape[1] if n_comp else 0
     n_split, chunk = _split(n_comp, splits if splits is not None else triton.cdiv(program_slots(query.device), bh))
     sizes = [bh * n_atoms * gp, bh * n_atoms * gp, bh * total * gp, bh * MAX_SPLITS * 2 * gp, bh * gp * dp]
     work = torch.empty(sum(sizes), dtype=torch.float32, device=query.device).split(sizes)
     out = torch.empty(b, 1, heads, m, dtype=query.dtype, device=query.device)
-    bias = _bias(attention_mask, total, work[4])
+    bias = _bias(attention_mask, work[4])
     codes = _all_codes(compressed if n_comp else None, work[4])
     meta = dict(G=heads // kv_heads, GP=gp, DP=dp)
     blocks = dict(S=codes[0].shape[-1] if n_comp else 1, BLOCK_T=BLOCK_T, BLOCK_TB=BLOCK_TB, MAX_SPLITS=MAX_SPLITS)
@@ -262,7 +263,7 @@ def _split(n_comp: int, target: int) -> tuple[int, int]:
     return triton.cdiv(n_comp, chunk), chunk
 
 
-def _all_codes(compressed, dummy: torch.Tensor) -> tuple:
+def _all_codes(compressed: CompressedKV | None, dummy: torch.Tensor) -> tuple:
     """(key idx, key coefs, key fp8?, value idx, value coefs, value fp8?, D_k, D_v); dummies without codes."""
     if compressed is None:
         stub = dummy.view(1, 1, 1, -1)
@@ -280,19 +281,15 @@ def _codes(indices: torch.Tensor, coefs: torch.Tensor) -> tuple[torch.Tensor, to
     if coefs.dtype == torch.float8_e4m3fn:
         return indices, coefs.view(torch.uint8), True
     if coefs.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        from lexico_chat.cache.kernels import coefs_to_float
-
         coefs = coefs_to_float(coefs)
     return indices, coefs, False
 
 
-def _bias(mask: torch.Tensor | None, total: int, dummy: torch.Tensor) -> tuple[torch.Tensor, int]:
+def _bias(mask: torch.Tensor | None, dummy: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Additive fp32 key bias (b or 1, total) and its batch stride (0 when shared; -1: no mask) from a
     (., 1, 1, total) mask."""
     if mask is None:
         return dummy, -1
-    if mask.ndim != 4 or mask.shape[1:3] != (1, 1) or mask.shape[3] != total:
-        raise ValueError(f"decode_attention needs a mask of shape (b, 1, 1, {total}), got {tuple(mask.shape)}")
     row = mask[:, 0, 0]
     if row.dtype == torch.bool:
         bias = torch.zeros(row.shape, dtype=torch.float32, device=row.device).masked_fill_(~row, _NEG)

@@ -1,0 +1,122 @@
+"""``CacheConfig``: the one source of every KV-cache setting (kind, sparsity, dictionary size, buffer,
+window, storage dtypes).
+
+Every constructor that needs a setting takes a ``CacheConfig``; argparse defaults read its fields; the
+checks live in ``__post_init__`` (what can be checked without a model) and ``validate(dims, dictionary)``
+(what depends on the model and the dictionary). This module imports nothing heavy (no torch), so the
+CLI and the TUI can use it freely.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from lexico_chat.errors import LexicoError
+
+__all__ = [
+    "CacheConfig",
+    "CACHE_KINDS",
+    "DEFAULT_KEY_SPACE",
+    "KEY_SPACES",
+    "COEF_DTYPES",
+    "SELECT_DTYPES",
+    "BUFFER_DTYPES",
+    "MAX_ATOMS",
+]
+
+CACHE_KINDS = ("lexico", "full")
+COEF_DTYPES = ("float8_e4m3fn", "float16", "float32")  # coefficient storage
+SELECT_DTYPES = ("bfloat16", "float16", "float32")  # OMP's atom-selection GEMM
+BUFFER_DTYPES = ("auto", "float16", "bfloat16", "float32")  # full-precision buffer ("auto": see buffer_dtype)
+MAX_ATOMS = 32767  # indices are stored as int16
+KEY_SPACES = ("post_rope", "pre_rope")  # where dictionaries code keys: after RoPE (the paper) or before it
+DEFAULT_KEY_SPACE = "pre_rope"  # a third less error at the same sparsity (DESIGN.md); trainer and CLI read it
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """KV-cache settings of a session, an eval or a benchmark.
+
+    Attributes
+    ----------
+    kind : "lexico" (sparse-coded) or "full" (transformers' DynamicCache, for comparison).
+    sparsity : atoms per vector s (1 <= s <= min(head_dim, atoms), checked by ``validate``).
+    atoms : dictionary size N (2..32767).
+    buffer : recent tokens every query sees in full precision (>= 0).
+    window : tokens compressed at a time (>= 1).
+    coef_dtype : coefficient storage, one of ``COEF_DTYPES`` (fp8 e4m3 by default: 1 byte).
+    select_dtype : dtype of OMP's atom-selection GEMM, one of ``SELECT_DTYPES``.
+    buffer_dtype : storage of the full-precision buffer, one of ``BUFFER_DTYPES``; "auto" keeps a 16-bit
+        model dtype and holds an fp32 model's buffer (CPU) in fp16; "float32" with fp32 coefficients and
+        s = head_dim over an identity dictionary is lossless.
+    """
+
+    kind: str = "lexico"
+    sparsity: int = 8
+    atoms: int = 4096
+    buffer: int = 128
+    window: int = 32
+    coef_dtype: str = "float8_e4m3fn"
+    select_dtype: str = "bfloat16"
+    buffer_dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        _one_of("kind", self.kind, CACHE_KINDS)
+        _int_in("sparsity", self.sparsity, 1, None)
+        _int_in("atoms", self.atoms, 2, MAX_ATOMS)
+        _int_in("buffer", self.buffer, 0, None)
+        _int_in("window", self.window, 1, None)
+        _one_of("coef_dtype", self.coef_dtype, COEF_DTYPES)
+        _one_of("select_dtype", self.select_dtype, SELECT_DTYPES)
+        _one_of("buffer_dtype", self.buffer_dtype, BUFFER_DTYPES)
+
+    @property
+    def lexico(self) -> bool:
+        return self.kind == "lexico"
+
+    def validate(self, dims=None, dictionary=None) -> CacheConfig:
+        """Check the settings against a model and a dictionary; returns ``self``.
+
+        Parameters
+        ----------
+        dims : ``lexico_chat.models.ModelDims`` of the model (or None).
+        dictionary : the ``LexicoDictionary`` to be used (or None).
+        """
+        if dictionary is not None:
+            meta = dictionary.meta
+            if dims is not None and (meta.num_layers, meta.head_dim) != (dims.num_layers, dims.head_dim):
+                raise LexicoError(
+                    f"dictionary is for {meta.num_layers} layers x head_dim {meta.head_dim}, "
+                    f"the model has {dims.num_layers} layers x head_dim {dims.head_dim}"
+                )
+            _int_in("sparsity", self.sparsity, 1, min(meta.head_dim, meta.atoms))
+        elif dims is not None:
+            _int_in("sparsity", self.sparsity, 1, dims.head_dim)
+        return self
+
+    def replace(self, **changes) -> CacheConfig:
+        """A copy with ``changes`` applied (and checked)."""
+        return dataclasses.replace(self, **changes)
+
+    def settings(self) -> dict:
+        """The settings as a JSON-able dict (saved sessions, eval output)."""
+        return dataclasses.asdict(self)
+
+
+def _flag(name: str) -> str:
+    """A setting as its command-line flag ("coef_dtype" -> "--coef-dtype"; "kind" is --cache)."""
+    return "--cache" if name == "kind" else "--" + name.replace("_", "-")
+
+
+def _one_of(name: str, value, allowed: tuple) -> None:
+    if value not in allowed:
+        raise LexicoError(f"{_flag(name)} must be one of {list(allowed)}, got {value!r}")
+
+
+def _int_in(name: str, value, low: int, high: int | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise LexicoError(f"{_flag(name)} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        allowed = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise LexicoError(f"{_flag(name)} must be {allowed}, got {value}")
