@@ -55,7 +55,7 @@ class CompareSettings:
 
     def __post_init__(self) -> None:
         small = {
-            k: getattr(self, k) for k in ("window", "group", "chunk_size", "eviction_chunk") if getattr(self, k) < 1
+            k: getattr(self, k) for k in ("group", "chunk_size", "eviction_chunk") if getattr(self, k) < 1
         }
         if small:
             raise ValueError(f"{', '.join(small)} must be >= 1, got {small}")
