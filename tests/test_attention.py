@@ -241,9 +241,9 @@ def test_untagged_keys_shorter_than_the_mask_are_refused():
 
 
 def _filled_cache(model):
-    """A LexicoCache on ``model`` after 12 tokens (one window of 4 compressed per Lexico layer)."""
+    """A LexicoCache on ``model`` after 16 tokens (one window of 4 compressed per Lexico layer)."""
     cache = LexicoCache.from_model(model, random_dictionary(model), CacheConfig(sparsity=4, buffer=8, window=4))
-    ids = torch.randint(0, 128, (1, 12), generator=torch.Generator().manual_seed(4))
+    ids = torch.randint(0, 128, (1, 16), generator=torch.Generator().manual_seed(4))
     with torch.inference_mode():
         model(ids, past_key_values=cache)
     assert all(layer.compressed_length == 4 for layer in cache.lexico_layers)
@@ -279,7 +279,7 @@ def test_chunk_with_keys_and_values_that_lost_the_tag_raises(tiny_model, arch, m
         return keys.clone(), values.clone()
 
     monkeypatch.setattr(LexicoCache, "update", untagged)
-    with torch.inference_mode(), pytest.raises(LostLayerTagError, match="mask spans 17 keys but 5 untagged"):
+    with torch.inference_mode(), pytest.raises(LostLayerTagError, match="mask spans 21 keys but 13 untagged"):
         model(torch.arange(5).view(1, 5), past_key_values=cache)
 
 

@@ -24,24 +24,6 @@ def _states(b, h, t, m, seed):
     return torch.randn(b, h, t, m, generator=gen), torch.randn(b, h, t, m, generator=gen)
 
 
-@pytest.mark.parametrize("buffer,window", [(8, 4), (0, 4), (5, 32), (128, 32)])
-def test_schedule_keeps_buffer_and_compresses_whole_windows(buffer, window):
-    layer = LexicoLayer(*_dicts(), CacheConfig(sparsity=4, buffer=buffer, window=window, buffer_dtype="float32"))
-    seen = 0
-    for step, t in enumerate([1, 3, 70, 1, 1, 200, 1, 5]):
-        k, v = _states(1, 2, t, 16, step)
-        before = layer.compressed_length
-        keys, values = layer.update(k, v)
-        seen += t
-        assert layer.compressed_length + layer.buffer_length == seen == layer.get_seq_length()
-        assert layer.buffer_length <= buffer and keys.shape[2] == values.shape[2] == layer.buffer_length
-        assert torch.equal(keys[:, :, -min(t, keys.shape[2]) :], k[:, :, t - min(t, keys.shape[2]) :])
-        moved = layer.compressed_length - before  # whole windows, or the whole buffer when that is fewer
-        assert moved % window == 0 or layer.buffer_length == 0
-        assert moved == 0 or layer.buffer_length > buffer - window  # no more than needed was compressed
-        assert layer.get_mask_sizes(3) == (seen + 3, 0)
-
-
 def test_codes_are_one_batched_omp_of_the_oldest_tokens():
     """Stored codes equal OMP of the evicted tokens (flattened over batch, heads, tokens), stored as fp32."""
     dk, dv = _dicts()
@@ -53,16 +35,17 @@ def test_codes_are_one_batched_omp_of_the_oldest_tokens():
         ),
     )
     k, v = _states(2, 3, 11, 16, 1)
-    layer.update(k, v)  # 11 held, excess 5 -> two windows (8 tokens) compressed
-    assert layer.compressed_length == 8 and layer.buffer_length == 3
-    idx, coef = omp(k[:, :, :8].reshape(-1, 16), dk, 4, select_dtype=torch.float32)
+    layer.update(k, v)  # the last query (position 10) sees the window [0, 4) compressed: 4 tokens coded
+    layer.settle()
+    assert layer.compressed_length == 4 and layer.buffer_length == 7
+    idx, coef = omp(k[:, :, :4].reshape(-1, 16), dk, 4, select_dtype=torch.float32)
     stored_idx, stored_coef = layer.key_codes.view()
-    assert torch.equal(stored_idx, idx.view(2, 3, 8, 4))
-    assert torch.equal(stored_coef, coef.view(2, 3, 8, 4))
+    assert torch.equal(stored_idx, idx.view(2, 3, 4, 4))
+    assert torch.equal(stored_coef, coef.view(2, 3, 4, 4))
     vidx, vcoef = layer.value_codes.view()
-    ref = reconstruct(*omp(v[:, :, :8].reshape(-1, 16), dv, 4, select_dtype=torch.float32), dv)
-    torch.testing.assert_close(reconstruct(vidx, vcoef, dv), ref.view(2, 3, 8, 16))
-    assert torch.equal(layer.key_buffer.view(), k[:, :, 8:])
+    ref = reconstruct(*omp(v[:, :, :4].reshape(-1, 16), dv, 4, select_dtype=torch.float32), dv)
+    torch.testing.assert_close(reconstruct(vidx, vcoef, dv), ref.view(2, 3, 4, 16))
+    assert torch.equal(layer.key_buffer.view(), k[:, :, 4:])
 
 
 def test_fp8_coefficients_saturate_instead_of_overflowing():
@@ -100,7 +83,8 @@ def test_compressed_codes_never_move():
     for step in range(300):
         layer.update(*_states(1, 2, 1, 16, step + 1))
     idx, coef = layer.key_codes.view()
-    assert torch.equal(idx[:, :, :8], first[0]) and torch.equal(coef[:, :, :8], first[1])
+    assert first[0].shape[2] == 4  # position 11 sees the window [0, 4) compressed
+    assert torch.equal(idx[:, :, :4], first[0]) and torch.equal(coef[:, :, :4], first[1])
 
 
 def _held_bytes(tensor):
@@ -139,8 +123,8 @@ def test_memory_equals_bytes_of_tensors_held(tiny_model, coef_dtype, per_vector)
         buffer,
     )
     assert (mem.fp16_bytes, mem.dictionary_bytes) == (fp16, dictionary)
-    assert mem.compressed_tokens == 28 and mem.buffer_tokens == 5
-    assert mem.compressed_bytes == 2 * 2 * 28 * 4 * per_vector  # layers x (K, V) x tokens x s x bytes per atom
+    assert mem.compressed_tokens == 24 and mem.buffer_tokens == 9  # settled: each token held once
+    assert mem.compressed_bytes == 2 * 2 * 24 * 4 * per_vector  # layers x (K, V) x tokens x s x bytes per atom
     assert mem.kv_fraction == pytest.approx((compressed + buffer) / fp16)
     assert sum(p.compressed_bytes for p in mem.layers) == mem.compressed_bytes
     assert [p.kind for p in mem.layers] == ["dense", "lexico", "dense", "lexico"]

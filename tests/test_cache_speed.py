@@ -35,7 +35,12 @@ def test_interleaved_runs_equal_separate_runs(tiny_model):
 def test_speed_eval_reports_both_caches(tiny_model):
     model = tiny_model("llama")
     result = speed_eval(
-        model, identity_dictionary(model), 96, sparsity=4, buffer=16, window=8, decode_tokens=3, chunk_size=32
+        model,
+        identity_dictionary(model),
+        96,
+        config=CacheConfig(sparsity=4, buffer=16, window=8),
+        decode_tokens=3,
+        chunk_size=32,
     )
     assert set(result) == {"context", "full_decode_ms", "lexico_decode_ms", "full_prefill_tps", "lexico_prefill_tps"}
     assert result["context"] == 96 and min(v for k, v in result.items() if k != "context") > 0

@@ -13,7 +13,7 @@ from tests.conftest import identity_dictionary
 T, M, HEADS, LAYERS = 200, 16, 2, 4
 SETTINGS = CompareSettings(
     sparsities=(4, 16),
-    cache=CacheConfig(buffer=16, window=8, coef_dtype="float32", buffer_dtype="float32"),
+    cache=CacheConfig(buffer=16, window=8, coef_dtype="float32"),
     residual=16,
     group=8,
     sink=2,
@@ -33,13 +33,10 @@ def _ppl(model, ids, mask=None):
 
 
 def _lexico_tokens(total, chunk, buffer, window):
-    """(compressed, buffer) tokens after feeding ``total`` tokens in chunks (LexicoLayer's documented rule)."""
-    held = 0
-    for start in range(0, total, chunk):
-        held += min(chunk, total - start)
-        if held > buffer:
-            held -= min(held, math.ceil((held - buffer) / window) * window)
-    return total - held, held
+    """(compressed, buffer) tokens once ``total`` tokens are fed (LexicoLayer's documented rule: the whole
+    windows more than ``buffer`` tokens behind the last token are compressed, whatever the chunking)."""
+    compressed = max(0, total - 1 - buffer) // window * window
+    return compressed, total - compressed
 
 
 @pytest.fixture(scope="module")

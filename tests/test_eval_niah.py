@@ -5,6 +5,7 @@ import re
 import pytest
 import torch
 
+from lexico_chat.config import CacheConfig
 from lexico_chat.evals.niah import NEEDLE, needle_found, needle_number, niah_eval, plant_needle, plot_niah
 from lexico_chat.models import LoadedModel
 from tests.conftest import identity_dictionary
@@ -145,7 +146,7 @@ def test_niah_through_chat_sessions_on_a_tiny_model(tiny_model):
     assert (full["method"], lexico["method"], lexico["setting"]) == ("full", "lexico", "s=16")
     # the full-cache reply is the greedy continuation of exactly the ask_document prompt
     document = plant_needle(tokenizer, HAYSTACK, 150, 0.5, NEEDLE.format(number=needle_number(3, 0)))
-    session = ChatSession(loaded, SessionOptions(cache="full"), dictionary=None)
+    session = ChatSession(loaded, SessionOptions(cache=CacheConfig(kind="full")), dictionary=None)
     prompt = render(tokenizer, session.transcript + [Message("user", document_prompt(document, QUESTION))])
     ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
     generated = reference_generate(model, ids, 6)[0, ids.shape[1] :].tolist()

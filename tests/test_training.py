@@ -137,7 +137,15 @@ def test_config_ranges(kwargs, match):
 def test_pre_rope_keys_with_values_from_another_dictionary(tiny, tmp_path):
     """--key-space pre-rope fits keys on un-rotated vectors; --values-from copies the donor's value atoms."""
     config = TrainConfig(
-        atoms=32, sparsity=4, iters=2, max_vectors=600, max_heldout=200, window=128, heldout_every=4, max_tokens=3000
+        atoms=32,
+        sparsity=4,
+        iters=2,
+        max_vectors=600,
+        max_heldout=200,
+        window=128,
+        heldout_every=4,
+        max_tokens=3000,
+        key_space="post_rope",
     )
     donor = train_dictionary(tiny, TEXTS, tmp_path / "post.safetensors", config)
     pre_config = TrainConfig(

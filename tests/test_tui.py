@@ -181,7 +181,8 @@ def test_missing_dictionary_dialog_shows_the_error_command(tmp_path, monkeypatch
             assert str(dialog.query_one("#train-command").render()) == dialog.error.command == command
             assert str(dialog.query_one("#load-error-message").render()) == str(dialog.error)
             assert dialog.error.estimate in str(dialog.error) and str(dialog.error).endswith(command)
-            await pilot.click("#copy-command")
+            dialog.query_one("#copy-command").press()  # a long temp path can push the button below the fold
+            await pilot.pause()
             assert app.clipboard == command
             await pilot.press("escape")
             await wait_for(pilot, lambda: not app.is_running)

@@ -30,6 +30,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from lexico_chat.attention.codes import LAYER_TAG
 from lexico_chat.attention.dispatch import compressed_attention
+from lexico_chat.attention.overlap import overlap_mask
 
 __all__ = [
     "ATTENTION_NAME",
@@ -83,12 +84,19 @@ def lexico_attention_forward(
         compressed = None
     else:
         compressed = layer.compressed()
+        limits = layer.query_limits(query.shape[2])  # None unless some tokens are held both ways
+        if limits is not None:
+            attention_mask = overlap_mask(
+                attention_mask, limits.to(query.device), layer.compressed_length, layer.buffer_start, key.shape[2]
+            )
     if dropout and module.training:
         raise ValueError(f"lexico attention is for inference; got dropout={dropout} with the module in training mode")
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     out = compressed_attention(
         query, key, value, compressed, attention_mask, scaling=scale, softcap=softcap, sliding_window=sliding_window
     )
+    if layer is not None:
+        layer.settle()  # the call's attention has run: drop buffered copies of compressed tokens
     return out, None
 
 

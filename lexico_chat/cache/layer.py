@@ -1,17 +1,21 @@
 """``LexicoLayer``: one attention layer's KV cache as sparse codes plus a full-precision buffer.
 
-``update(k, v)`` appends the new (post-RoPE) states to the buffer; once the buffer holds more than
-``buffer`` tokens its oldest whole windows of ``window`` tokens (or all of it, if that is fewer) are
-sparse-coded by one batched OMP call for keys and one for values, over every batch row, head and
-token at once, and moved to the compressed store. With a pre-RoPE key dictionary (``rope`` given) keys
-are un-rotated by their own rotation before OMP (``lexico_chat.rope``). It returns the buffer's keys and values, tagged
-with the layer itself (attribute ``LAYER_TAG`` on the returned key tensor) so that the registered
-"lexico" attention finds the compressed store of exactly this layer (see ``attention.py``).
+The schedule (the cache invariant of DESIGN.md): the query at position p sees the whole windows of
+``window`` tokens that lie more than ``buffer`` tokens behind it as sparse codes, and every later token
+(at least ``buffer`` before it, and itself) in full precision — in any forward call, so chunked prefill
+gives what token-by-token feeding gives, whatever the chunk size.
+
+``update(k, v)`` appends the call's (post-RoPE) states to the buffer and codes, by one batched OMP call
+for keys and one for values over every batch row, head and token at once, the tokens that the call's
+last query must see compressed. Those that the call's earlier queries still need exact stay in the
+buffer too (the overlap); the attention masks each copy per query (``lexico_chat.attention.overlap``)
+and calls ``settle()`` afterwards, which drops the overlap, so between calls every token is held once.
+With a pre-RoPE key dictionary (``rope`` given) keys are un-rotated by their own rotation before OMP
+(``lexico_chat.rope``). The returned keys and values are tagged with the layer (``LAYER_TAG``) so that
+the registered "lexico" attention finds the codes of exactly this layer.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 
@@ -82,6 +86,8 @@ class LexicoLayer(CompactLayer):
         held = self.buffer_dtype_for(key_states.dtype)
         self.key_buffer = TokenBuffer(b, h, m, held, self.device)
         self.value_buffer = TokenBuffer(b, h, m, held, self.device)
+        self.buffer_start = 0  # position of the first buffered token
+        self.query_start = 0  # position of the current call's first token
         self.is_initialized = True
 
     def buffer_dtype_for(self, model_dtype: torch.dtype) -> torch.dtype:
@@ -95,44 +101,64 @@ class LexicoLayer(CompactLayer):
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append (batch, kv_heads, t, head_dim) states; return the buffer's keys (tagged) and values."""
+        """Append (batch, kv_heads, t, head_dim) states; return the buffer's keys (tagged) and values.
+
+        Compression is deferred so that the call sees exactly what token-by-token feeding would: the
+        query at position p sees tokens before ``compressed_limit(p)`` compressed and the rest exact.
+        Tokens that some query of this call still needs exact but a later query needs compressed are
+        coded now and kept in the buffer too (the overlap); attention masks each copy per query, and
+        ``settle()`` drops the overlap once the call's attention has run.
+        """
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
+        self.settle()
+        start, t = self.get_seq_length(), key_states.shape[2]
         if self.rope_table is not None:
-            self.rope_table.ensure(self.get_seq_length(), key_states.shape[2], self.rope_probe, key_states.shape[0])
+            self.rope_table.ensure(start, t, self.rope_probe, key_states.shape[0])
         self.key_buffer.append(key_states)
         self.value_buffer.append(value_states)
-        count = self._due()
-        if count:
-            self._compress(count)
+        self.query_start = start
+        done, needed = self.compressed_length, self.compressed_limit(start + t - 1)
+        if needed > done:
+            self._compress(needed - done)
+        self._drop(self.compressed_limit(start) - self.buffer_start)  # no query of this call needs those exact
         keys, values = self.key_buffer.view(), self.value_buffer.view()
         if keys.dtype != key_states.dtype:  # a 16-bit buffer under an fp32 model: attention computes in fp32
             keys, values = keys.to(key_states.dtype), values.to(value_states.dtype)
         setattr(keys, LAYER_TAG, self)
         return keys, values
 
-    def _due(self) -> int:
-        """Tokens to compress now: whole windows covering the excess over ``buffer``, at most the buffer."""
-        held = self.key_buffer.length
-        excess = held - self.buffer
-        if excess <= 0:
-            return 0
-        return min(held, math.ceil(excess / self.window) * self.window)
+    def compressed_limit(self, position: int) -> int:
+        """Tokens the query at ``position`` sees compressed: the whole windows more than ``buffer`` tokens
+        behind it (so it sees at least ``buffer`` earlier tokens, and itself, in full precision)."""
+        return max(0, position - self.buffer) // self.window * self.window
+
+    def settle(self) -> None:
+        """Drop buffered tokens that are also compressed (the overlap of the last call); idempotent."""
+        if self.is_initialized:
+            self._drop(self.compressed_length - self.buffer_start)
+
+    def _drop(self, count: int) -> None:
+        if count > 0:
+            self.key_buffer.drop_front(count)
+            self.value_buffer.drop_front(count)
+            self.buffer_start += count
 
     def _compress(self, count: int) -> None:
+        """Code the ``count`` oldest tokens not yet compressed (they stay in the buffer until dropped)."""
+        done = self.compressed_length
+        offset = done - self.buffer_start  # first buffered token not yet coded
         for states, store, dictionary in (
             (self.key_buffer, self.key_codes, self.key_dictionary),
             (self.value_buffer, self.value_codes, self.value_dictionary),
         ):
-            front = states.front(count)  # (b, h, count, m)
+            front = states.view()[:, :, offset : offset + count]  # (b, h, count, m)
             b, h, _, m = front.shape
             if states is self.key_buffer and self.rope_table is not None:
-                start = self.compressed_length
-                cos, sin = self.rope_table.view(start, start + count)  # (b, count, m/2)
+                cos, sin = self.rope_table.view(done, done + count)  # (b, count, m/2)
                 front = unrotate(front.float(), cos.unsqueeze(1), sin.unsqueeze(1))
             idx, coef = omp(front.reshape(b * h * count, m), dictionary, self.sparsity, select_dtype=self.select_dtype)
             store.append(idx.view(b, h, count, self.sparsity), coef.view(b, h, count, self.sparsity))
-            states.drop_front(count)
 
     @property
     def compressed_length(self) -> int:
@@ -141,6 +167,15 @@ class LexicoLayer(CompactLayer):
     @property
     def buffer_length(self) -> int:
         return self.key_buffer.length if self.is_initialized else 0
+
+    def query_limits(self, q_len: int) -> torch.Tensor | None:
+        """(q_len,) int64 ``compressed_limit`` of the current call's queries when some tokens are held both
+        compressed and exact (a chunk that crosses a window boundary), else None (every query sees the
+        codes and the buffer whole)."""
+        if self.compressed_length <= self.buffer_start:
+            return None
+        positions = torch.arange(self.query_start, self.query_start + q_len)
+        return (positions - self.buffer).clamp_min(0) // self.window * self.window
 
     def compressed(self) -> CompressedKV:
         """The compressed tokens (views of the stores, no copy) with this layer's fp32 dictionaries."""
@@ -152,7 +187,7 @@ class LexicoLayer(CompactLayer):
         )
 
     def get_seq_length(self) -> int:
-        return self.compressed_length + self.buffer_length
+        return self.buffer_start + self.buffer_length if self.is_initialized else 0
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         """The mask spans every token, compressed ones first: (seen + query_length, offset 0)."""
@@ -163,6 +198,7 @@ class LexicoLayer(CompactLayer):
         if self.is_initialized:
             for part in (self.key_codes, self.value_codes, self.key_buffer, self.value_buffer):
                 part.length = 0
+            self.buffer_start = self.query_start = 0
 
     @property
     def batch_size(self) -> int:

@@ -26,6 +26,7 @@ def export_cache(cache) -> tuple[dict[str, torch.Tensor], list[dict]]:
             facts.append({"kind": "empty"})
             continue
         if isinstance(layer, LexicoLayer):
+            layer.settle()  # each token once: codes, or buffer
             key_idx, key_coef = layer.key_codes.view()
             value_idx, value_coef = layer.value_codes.view()
             parts = (key_idx, key_coef, value_idx, value_coef, layer.key_buffer.view(), layer.value_buffer.view())
@@ -75,6 +76,7 @@ def _import_lexico(layer: LexicoLayer, parts: dict[str, torch.Tensor]) -> None:
     layer.value_codes.append(parts["value_idx"], parts["value_coef"])
     layer.key_buffer.append(keys)
     layer.value_buffer.append(values)
+    layer.buffer_start = layer.query_start = layer.compressed_length
 
 
 def _import_dense(layer, keys: torch.Tensor, values: torch.Tensor, seen: int) -> None:
