@@ -54,9 +54,7 @@ class CompareSettings:
     eviction_chunk: int = 32
 
     def __post_init__(self) -> None:
-        small = {
-            k: getattr(self, k) for k in ("group", "chunk_size", "eviction_chunk") if getattr(self, k) < 1
-        }
+        small = {k: getattr(self, k) for k in ("group", "chunk_size", "eviction_chunk") if getattr(self, k) < 1}
         if small:
             raise ValueError(f"{', '.join(small)} must be >= 1, got {small}")
         negative = {k: getattr(self, k) for k in ("residual", "sink") if getattr(self, k) < 0}
