@@ -79,13 +79,13 @@ async def test_status_bar_figures() -> None:
         await ready(pilot)
         bar = app.query_one(StatusBar)
         await wait_for(pilot, lambda: bar.stats is not None)
-        first = bar.stats.tokens_buffer
+        first = bar.stats.context_tokens
         text = str(bar.render())
         for figure in ("CPU RSS 812.0 MiB", "KV 1.0 MiB (fp16 8.0 MiB)", "12.5% of fp16", "8.0× smaller",
                        "896 compressed + ", " buffer tok", "prefill 250.0 tok/s", "decode 13.5 tok/s",
                        "SmolLM2-135M-Instruct · cpu · lexico s=8 N=4096"):  # fmt: skip
             assert figure in text, (figure, text)
-        await wait_for(pilot, lambda: bar.stats.tokens_buffer > first)  # refreshed by the interval
+        await wait_for(pilot, lambda: bar.stats.context_tokens > first)  # refreshed by the interval
 
 
 @pilot_test

@@ -96,7 +96,7 @@ async def test_stats_help_and_quit() -> None:
         await wait_for(pilot, lambda: isinstance(app.screen, StatsScreen))
         table = app.screen.query_one(DataTable)
         assert table.row_count == len(engine.stats_values.layers) + 1
-        assert table.get_row_at(0)[:5] == ["0", "12.0 KiB", "32.0 KiB", "44.0 KiB", "128.0 KiB"]
+        assert table.get_row_at(0)[:5] == ["0", "192.0 KiB", "64.0 KiB", "256.0 KiB", "2.0 MiB"]
         assert table.get_row("total")[5] == "12.5%"
         await pilot.press("escape")
         await wait_for(pilot, lambda: not isinstance(app.screen, StatsScreen))

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from lexico_chat.errors import LexicoError, MissingDictionaryError
+from lexico_chat.memory import Memory
 from lexico_chat.tui.commands import CommandLine, default_session_path
 from lexico_chat.tui.format import describe, human_bytes, pack_segments, ratio_text, status_segments
 from lexico_chat.tui.widgets.user_message import elide
@@ -26,6 +27,12 @@ def test_ratio_follows_kv_fraction() -> None:
     assert ratio_text(fake_stats(kv_fraction=0.125)) == "12.5% of fp16 · 8.0× smaller"
     assert ratio_text(fake_stats(kv_fraction=1.0)) == "100.0% of fp16 · 1.0× smaller"
     assert ratio_text(fake_stats(kv_fraction=0.0)) == "0.0% of fp16 · inf× smaller"
+
+
+def test_empty_cache_shows_no_ratio() -> None:
+    empty = fake_stats(memory=Memory(), context_tokens=0)
+    assert empty.kv_fraction is None and empty.times_smaller is None
+    assert ratio_text(empty) == "—"
 
 
 def test_pack_segments_breaks_between_segments_only() -> None:

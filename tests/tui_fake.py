@@ -10,8 +10,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
-from lexico_chat.engine.types import IngestProgress, LayerStats, Message, SamplingConfig, SessionStats
+from lexico_chat.engine.types import IngestProgress, Message, SamplingConfig, SessionStats
 from lexico_chat.errors import MissingDictionaryError
+from lexico_chat.memory import LayerMemory, Memory
 from lexico_chat.tui.app import LexicoApp
 from lexico_chat.tui.widgets.assistant_message import AssistantMessage
 from lexico_chat.tui.widgets.prompt_input import PromptInput
@@ -21,22 +22,23 @@ TRAIN_COMMAND = "lexico-chat train-dictionary --model HuggingFaceTB/SmolLM2-135M
 TRAIN_MESSAGE = f"no dictionary for HuggingFaceTB/SmolLM2-135M-Instruct (atoms 4096); train one with: {TRAIN_COMMAND}"
 
 
-def layer_stats(layers: int = 4, compressed: int = 96, buffer: int = 32) -> tuple[LayerStats, ...]:
-    """``layers`` identical layers: 128 B per compressed token's K+V codes, 1 KiB per buffered token."""
-    return tuple(
-        LayerStats(i, compressed * 128, buffer * 1024, (compressed + buffer) * 1024, compressed, buffer)
-        for i in range(layers)
-    )
+def fake_memory(kv_fraction: float = 0.125, layers: int = 4) -> Memory:
+    """``layers`` identical layers of 896 compressed + 128 buffered tokens holding 192 KiB of codes and 64 KiB
+    of buffer each (1 MiB in all), with fp16 bytes such that kv_bytes / fp16_bytes == ``kv_fraction``
+    (8 MiB at the default; 0 gives layers of 2 MiB fp16 that hold nothing)."""
+    held = (3 << 16, 1 << 16) if kv_fraction else (0, 0)
+    fp16 = round(sum(held) / kv_fraction) if kv_fraction else 2 << 20
+    return Memory(tuple(LayerMemory(i, "lexico", 896, 128, 1024, *held, sum(held), fp16) for i in range(layers)))
 
 
-def fake_stats(**changes) -> SessionStats:
-    """Canned figures: kv_fraction 0.125 (8.0× smaller), CPU (no GPU), SmolLM2, s=8, N=4096."""
+def fake_stats(kv_fraction: float = 0.125, **changes) -> SessionStats:
+    """Canned figures: kv_fraction 0.125 (8.0× smaller), CPU (no GPU), SmolLM2, s=8, N=4096; ``memory``
+    may be replaced, or ``kv_fraction`` given to scale the canned layers' fp16 bytes."""
     base = SessionStats(
-        kv_bytes=1 << 20, compressed_bytes=3 << 18, buffer_bytes=1 << 18, fp16_bytes=8 << 20, kv_fraction=0.125,
-        tokens_compressed=896, tokens_buffer=128, context_tokens=1024, max_positions=8192, prefill_tps=250.0,
+        memory=fake_memory(kv_fraction=kv_fraction), context_tokens=1024, max_positions=8192, prefill_tps=250.0,
         decode_tps=13.5, rss_bytes=812 << 20, gpu_used_bytes=None, gpu_total_bytes=None, torch_allocated_bytes=None,
         dictionary_bytes=30 << 20, model_id="SmolLM2-135M-Instruct", device="cpu", cache="lexico", sparsity=8,
-        atoms=4096, layers=layer_stats(),
+        atoms=4096,
     )  # fmt: skip
     return replace(base, **changes)
 
@@ -50,7 +52,7 @@ class FakeEngine:
     reply: tuple[str, ...] = REPLY
     delay: float = 0.005
     stats_values: SessionStats = field(default_factory=fake_stats)
-    changing: bool = False  # tokens_buffer grows by one on each stats() call
+    changing: bool = False  # context_tokens grows by one on each stats() call
     fail: dict[str, Exception] = field(default_factory=dict)
     hold: int | None = None
     transcript: list[Message] = field(default_factory=list)
@@ -130,7 +132,7 @@ class FakeEngine:
         self.stats_calls += 1
         if not self.changing:
             return self.stats_values
-        return replace(self.stats_values, tokens_buffer=self.stats_values.tokens_buffer + self.stats_calls)
+        return replace(self.stats_values, context_tokens=self.stats_values.context_tokens + self.stats_calls)
 
     def methods(self) -> list[str]:
         """The names of the recorded calls, in order."""

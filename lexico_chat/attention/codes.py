@@ -42,20 +42,6 @@ class CompressedKV:
     def length(self) -> int:
         return self.key_indices.shape[2]
 
-    def widened(self) -> CompressedKV:
-        """fp32 coefficients and int64 value indices (what scatter needs), converted once per call; key
-        indices stay as stored (widened to int32 when offset into the stacked score tables)."""
-        key_coefs, value_coefs = coefs_to_float(torch.stack([self.key_coefs, self.value_coefs]))  # one decode
-        return CompressedKV(
-            self.key_indices,
-            key_coefs,
-            self.value_indices.long(),
-            value_coefs,
-            self.key_dictionary,
-            self.value_dictionary,
-            self.key_rope,
-        )
-
 
 def coefs_to_float(coefs: torch.Tensor) -> torch.Tensor:
     """Stored coefficients (any float dtype) as fp32; float8_e4m3fn is decoded by bit arithmetic.

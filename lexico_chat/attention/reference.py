@@ -28,6 +28,8 @@ instead of O(N·m + T·s).
   is shared by all query rows.
 
 Query rows are processed in blocks so that no intermediate exceeds ``BLOCK_ELEMENTS`` floats.
+Stored codes are read ``TILE_TOKENS`` tokens at a time in every path: a tile's coefficients are decoded
+to fp32 (and its indices widened) just before use, so no step makes an fp32 copy of the whole store.
 All arithmetic is fp32; the output is cast to the query dtype.
 """
 
@@ -35,7 +37,7 @@ from __future__ import annotations
 
 import torch
 
-from lexico_chat.attention.codes import CompressedKV
+from lexico_chat.attention.codes import CompressedKV, coefs_to_float
 from lexico_chat.rope import rotate_
 
 __all__ = ["attention_bias", "reference_attention", "VALUES_SPARSE_MAX_ROWS", "TILE_TOKENS", "BLOCK_ELEMENTS"]
@@ -117,7 +119,7 @@ def reference_attention(
     b, heads, q_len, m = query.shape
     kv_heads = key.shape[1]
     groups = heads // kv_heads
-    codes = compressed.widened() if compressed is not None and compressed.length else None
+    codes = compressed if compressed is not None and compressed.length else None
     n_comp = codes.length if codes is not None else 0
     total = n_comp + key.shape[2]
     bias = attention_bias(attention_mask, q_len, total, kv_heads, groups, sliding_window, query.device)
@@ -159,16 +161,28 @@ def _attend(q5, k32, v32, codes: CompressedKV | None, bias, softcap, sparse: boo
 def _compressed_scores(flat: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
     # flat: (b, hkv, G, m) -> (b, hkv, G, T)
     b, hkv, rows, _ = flat.shape
-    t, s = codes.key_indices.shape[2:]
+    s = codes.key_indices.shape[-1]
     n_atoms = codes.key_dictionary.shape[1]
     table = flat @ codes.key_dictionary  # (b, hkv, G, N): one GEMM, batch folded into rows
     table = table.transpose(-1, -2).reshape(b * hkv * n_atoms, rows)  # uᵀ per head, stacked head after head
-    offsets = torch.arange(0, b * hkv * n_atoms, n_atoms, dtype=torch.int32, device=flat.device)
-    bags = (codes.key_indices + offsets.view(b, hkv, 1, 1)).view(b * hkv * t, s)  # int32 table rows, s per token
-    scores = torch.nn.functional.embedding_bag(
-        bags, table, per_sample_weights=codes.key_coefs.reshape(b * hkv * t, s), mode="sum"
-    )  # (b * hkv * T, G)
-    return scores.view(b, hkv, t, rows).transpose(-1, -2)
+    offsets = torch.arange(0, b * hkv * n_atoms, n_atoms, dtype=torch.int32, device=flat.device).view(b, hkv, 1, 1)
+    parts = []
+    for _start, indices, coefs in _tiles(codes.key_indices, codes.key_coefs):
+        t = indices.shape[2]
+        bags = (indices + offsets).view(b * hkv * t, s)  # int32 table rows, s per token
+        scores = torch.nn.functional.embedding_bag(
+            bags, table, per_sample_weights=coefs.reshape(b * hkv * t, s), mode="sum"
+        )  # (b * hkv * t, G)
+        parts.append(scores.view(b, hkv, t, rows).transpose(-1, -2))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+
+def _tiles(indices: torch.Tensor, coefs: torch.Tensor):
+    """(start, indices, fp32 coefs) of ``TILE_TOKENS`` stored tokens at a time: coefficients are decoded
+    one tile at a time, never for the whole store (no fp32 copy of every code per step)."""
+    for start in range(0, indices.shape[2], TILE_TOKENS):
+        stop = start + TILE_TOKENS
+        yield start, indices[:, :, start:stop], coefs_to_float(coefs[:, :, start:stop])
 
 
 def _rope_scores(flat: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
@@ -177,22 +191,23 @@ def _rope_scores(flat: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
     atoms = atoms if atoms.is_contiguous() else atoms.contiguous()
     cos, sin = codes.key_rope
     parts = []
-    for start in range(0, codes.length, TILE_TOKENS):
-        stop = start + TILE_TOKENS
-        tile = _rebuild(codes.key_indices[:, :, start:stop].int(), codes.key_coefs[:, :, start:stop], atoms)
-        keys = rotate_(tile, cos[:, None, start:stop], sin[:, None, start:stop])  # (b, hkv, t, m)
-        parts.append(flat @ keys.transpose(-1, -2))
+    for start, indices, coefs in _tiles(codes.key_indices, codes.key_coefs):
+        stop = start + indices.shape[2]
+        keys = rotate_(_rebuild(indices.int(), coefs, atoms), cos[:, None, start:stop], sin[:, None, start:stop])
+        parts.append(flat @ keys.transpose(-1, -2))  # keys: (b, hkv, t, m)
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
 
 def _sparse_values(probs: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
     # probs: (b, hkv, G, T) -> (b, hkv, G, m)
-    b, hkv, rows, t = probs.shape
+    b, hkv, rows, _ = probs.shape
     s = codes.value_indices.shape[-1]
-    n_atoms = codes.value_dictionary.shape[1]
-    src = (probs.unsqueeze(-1) * codes.value_coefs.unsqueeze(2)).reshape(b, hkv, rows, t * s)
-    index = codes.value_indices.reshape(b, hkv, 1, t * s).expand(b, hkv, rows, t * s)
-    weights = probs.new_zeros(b, hkv, rows, n_atoms).scatter_add_(-1, index, src)  # (b, hkv, G, N)
+    weights = probs.new_zeros(b, hkv, rows, codes.value_dictionary.shape[1])  # (b, hkv, G, N)
+    for start, indices, coefs in _tiles(codes.value_indices, codes.value_coefs):
+        t = indices.shape[2]
+        src = (probs[..., start : start + t, None] * coefs.unsqueeze(2)).reshape(b, hkv, rows, t * s)
+        index = indices.long().reshape(b, hkv, 1, t * s).expand(b, hkv, rows, t * s)
+        weights.scatter_add_(-1, index, src)
     return weights @ codes.value_dictionary.t()
 
 
@@ -209,9 +224,7 @@ def _tiled_values(probs: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
     # probs: (b, hkv, G, T) -> (b, hkv, G, m)
     atoms = codes.value_dictionary.t().contiguous()  # (N, m); free when the layer stores it so
     out = None
-    for start in range(0, codes.length, TILE_TOKENS):
-        stop = start + TILE_TOKENS
-        tile = _rebuild(codes.value_indices[:, :, start:stop], codes.value_coefs[:, :, start:stop], atoms)
-        part = probs[..., start:stop] @ tile
+    for start, indices, coefs in _tiles(codes.value_indices, codes.value_coefs):
+        part = probs[..., start : start + indices.shape[2]] @ _rebuild(indices.int(), coefs, atoms)
         out = part if out is None else out + part
     return out

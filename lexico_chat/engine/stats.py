@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from lexico_chat.engine.sysstats import gpu_memory, rss_bytes
-from lexico_chat.engine.types import LayerStats, SessionStats
+from lexico_chat.engine.types import SessionStats
 from lexico_chat.memory import cache_memory
 
 __all__ = ["session_stats"]
@@ -19,22 +19,10 @@ def session_stats(session) -> SessionStats:
     gpu_index = device.index or 0 if device.type == "cuda" else 0
     used, total = gpu_memory(gpu_index)
     allocated = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
-    kv = memory.kv_bytes
-    compressed = memory.compressed_bytes + memory.rope_bytes  # a pre-RoPE cache's rotary table is part of its codes
     options = session.options
     lexico = options.cache.lexico
-    layers = tuple(
-        LayerStats(m.layer, m.compressed_bytes, m.buffer_bytes, m.fp16_bytes, m.compressed_tokens, m.buffer_tokens)
-        for m in memory.layers
-    )
     return SessionStats(
-        kv_bytes=kv,
-        compressed_bytes=compressed,
-        buffer_bytes=memory.buffer_bytes,
-        fp16_bytes=memory.fp16_bytes,
-        kv_fraction=kv / memory.fp16_bytes if memory.fp16_bytes else 1.0,
-        tokens_compressed=memory.compressed_tokens,
-        tokens_buffer=memory.buffer_tokens if lexico else len(session.cached_ids),
+        memory=memory,
         context_tokens=len(session.cached_ids),
         max_positions=session.max_positions,
         prefill_tps=session.last_prefill_tps,
@@ -49,6 +37,4 @@ def session_stats(session) -> SessionStats:
         cache=options.cache.kind,
         sparsity=options.cache.sparsity if lexico else None,
         atoms=session.dictionary.meta.atoms if lexico else None,
-        layers=layers,
-        allocated_bytes=memory.allocated_bytes,
     )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["ChatEngine", "IngestProgress", "LayerStats", "Message", "SamplingConfig", "SessionStats", "TurnUsage"]
+from lexico_chat.memory import LayerMemory, Memory
+
+__all__ = ["ChatEngine", "IngestProgress", "Message", "SamplingConfig", "SessionStats", "TurnUsage"]
 
 
 @dataclass
@@ -49,28 +52,11 @@ class IngestProgress:
 
 
 @dataclass(frozen=True)
-class LayerStats:
-    """Bytes one layer holds: compressed codes, full-precision buffer, and the fp16 equivalent."""
-
-    layer: int
-    compressed_bytes: int
-    buffer_bytes: int
-    fp16_bytes: int
-    tokens_compressed: int
-    tokens_buffer: int
-
-
-@dataclass(frozen=True)
 class SessionStats:
-    """Every figure the status bar and --json show; bytes are of tensors actually held."""
+    """Every figure the status bar and --json show. The cache's bytes are its ``Memory`` (tensors actually
+    held, counted once in ``lexico_chat.memory``); the properties below read it, nothing recounts."""
 
-    kv_bytes: int  # compressed + buffer
-    compressed_bytes: int
-    buffer_bytes: int
-    fp16_bytes: int  # the same tokens in an fp16 cache
-    kv_fraction: float  # kv_bytes / fp16_bytes (1.0 when empty)
-    tokens_compressed: int
-    tokens_buffer: int
+    memory: Memory
     context_tokens: int
     max_positions: int
     prefill_tps: float  # last turn
@@ -85,12 +71,65 @@ class SessionStats:
     cache: str  # "lexico" or "full"
     sparsity: int | None
     atoms: int | None
-    layers: tuple[LayerStats, ...] = field(default_factory=tuple)
-    allocated_bytes: int = 0  # capacity actually reserved by the cache (>= kv_bytes: storage grows geometrically)
 
     @property
-    def times_smaller(self) -> float:
-        return 1.0 / self.kv_fraction if self.kv_fraction > 0 else float("inf")
+    def kv_bytes(self) -> int:
+        """Compressed codes + rotary table + full-precision tokens."""
+        return self.memory.kv_bytes
+
+    @property
+    def compressed_bytes(self) -> int:
+        """Codes, with a pre-RoPE cache's rotary table (part of what stands for compressed tokens)."""
+        return self.memory.compressed_bytes + self.memory.rope_bytes
+
+    @property
+    def buffer_bytes(self) -> int:
+        return self.memory.buffer_bytes
+
+    @property
+    def fp16_bytes(self) -> int:
+        """What the same model's full cache would hold for these tokens in fp16."""
+        return self.memory.fp16_bytes
+
+    @property
+    def allocated_bytes(self) -> int:
+        """Capacity the cache reserved (>= kv_bytes: storage grows geometrically)."""
+        return self.memory.allocated_bytes
+
+    @property
+    def kv_fraction(self) -> float | None:
+        """kv_bytes / fp16_bytes; None for an empty cache (there is no ratio to show)."""
+        return self.memory.kv_fraction
+
+    @property
+    def tokens_compressed(self) -> int:
+        return self.memory.compressed_tokens
+
+    @property
+    def tokens_buffer(self) -> int:
+        return self.memory.buffer_tokens
+
+    @property
+    def layers(self) -> tuple[LayerMemory, ...]:
+        return self.memory.layers
+
+    FIGURES = ("kv_bytes", "compressed_bytes", "buffer_bytes", "fp16_bytes", "allocated_bytes", "kv_fraction",
+               "tokens_compressed", "tokens_buffer")  # fmt: skip
+
+    def to_dict(self, layers: bool = False) -> dict:
+        """Every figure as a flat JSON-able dict (the cache totals included; per-layer figures with ``layers``)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "memory"}
+        data.update({name: getattr(self, name) for name in self.FIGURES})
+        if layers:
+            data["layers"] = [dataclasses.asdict(layer) for layer in self.layers]
+        return data
+
+    @property
+    def times_smaller(self) -> float | None:
+        fraction = self.kv_fraction
+        if fraction is None:
+            return None
+        return 1.0 / fraction if fraction > 0 else float("inf")
 
 
 class ChatEngine(Protocol):

@@ -160,7 +160,7 @@ class ChatService:
         conversations = self.store.snapshot()
         stats = [c.stats for c in conversations if c.stats is not None]
         totals = {name: sum(getattr(s, name) for s in stats) for name in _SUMMED}
-        totals["kv_fraction"] = totals["kv_bytes"] / totals["fp16_bytes"] if totals["fp16_bytes"] else 1.0
+        totals["kv_fraction"] = totals["kv_bytes"] / totals["fp16_bytes"] if totals["fp16_bytes"] else None
         device = str(self.backend.info.get("device", "cpu"))
         used, total = gpu_memory(int(device.split(":")[1]) if device.startswith("cuda:") else 0)
         server = {

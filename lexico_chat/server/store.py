@@ -40,8 +40,7 @@ class Conversation:
     last_usage: object = None  # TurnUsage of the last turn
 
     def describe(self) -> dict:
-        figures = dataclasses.asdict(self.stats) if self.stats is not None else {}
-        figures.pop("layers", None)
+        figures = self.stats.to_dict() if self.stats is not None else {}
         usage = dataclasses.asdict(self.last_usage) if self.last_usage is not None else None
         return {
             "id": self.id,

@@ -33,14 +33,13 @@ def lexico_figures(conversation: str, stats, finished=None) -> dict:
 
 
 def lexico_headers(conversation: str, stats) -> dict[str, str]:
-    """``x-lexico-conversation``, ``x-lexico-kv-bytes``, ``x-lexico-kv-fraction`` (bytes 0 and fraction 1
-    for a conversation with nothing cached yet)."""
-    kv, fraction = (stats.kv_bytes, stats.kv_fraction) if stats is not None else (0, 1.0)
-    return {
-        "x-lexico-conversation": conversation,
-        "x-lexico-kv-bytes": str(kv),
-        "x-lexico-kv-fraction": f"{fraction:.6f}",
-    }
+    """``x-lexico-conversation``, ``x-lexico-kv-bytes`` and, once something is cached, ``x-lexico-kv-fraction``
+    (bytes 0 and no fraction for a conversation with nothing cached yet)."""
+    kv, fraction = (stats.kv_bytes, stats.kv_fraction) if stats is not None else (0, None)
+    headers = {"x-lexico-conversation": conversation, "x-lexico-kv-bytes": str(kv)}
+    if fraction is not None:
+        headers["x-lexico-kv-fraction"] = f"{fraction:.6f}"
+    return headers
 
 
 def completion_body(generation, model: str, finished) -> dict:

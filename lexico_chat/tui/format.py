@@ -32,7 +32,9 @@ def memory_text(stats: SessionStats) -> str:
 
 
 def ratio_text(stats: SessionStats) -> str:
-    """``12.5% of fp16 · 8.0× smaller``."""
+    """``12.5% of fp16 · 8.0× smaller``; ``—`` while the cache is empty (no ratio to show)."""
+    if stats.kv_fraction is None:
+        return "—"
     return f"{stats.kv_fraction:.1%} of fp16 · {stats.times_smaller:.1f}× smaller"
 
 

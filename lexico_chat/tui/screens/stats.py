@@ -8,7 +8,8 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
-from lexico_chat.engine.types import LayerStats, SessionStats
+from lexico_chat.engine.types import SessionStats
+from lexico_chat.memory import LayerMemory
 from lexico_chat.tui.format import human_bytes, memory_text, model_text, ratio_text
 
 COLUMNS = ("Layer", "Compressed", "Buffer", "KV total", "fp16", "% of fp16", "Tok compressed", "Tok buffer")
@@ -21,10 +22,10 @@ def _row(label: str, compressed: int, buffer: int, fp16: int, tok_compressed: in
     return (label, *sizes, share, f"{tok_compressed:,}", f"{tok_buffer:,}")
 
 
-def layer_row(layer: LayerStats) -> tuple:
+def layer_row(layer: LayerMemory) -> tuple:
     return _row(
-        str(layer.layer), layer.compressed_bytes, layer.buffer_bytes, layer.fp16_bytes, layer.tokens_compressed,
-        layer.tokens_buffer,
+        str(layer.layer), layer.compressed_bytes, layer.buffer_bytes, layer.fp16_bytes, layer.compressed_tokens,
+        layer.buffer_tokens,
     )  # fmt: skip
 
 
