@@ -91,15 +91,18 @@ class RopeProbe:
 
 
 class RopeTable:
-    """Half-width (cos, sin) of every token a cache holds, in order: (batch, T, m/2) fp32 each.
+    """Half-width (cos, sin) of every token a cache holds, in order: (batch, T, m/2) each, in ``dtype``.
 
     Shared by all layers of one cache. ``ensure(length, t, probe)`` is called by each layer with its
     length before an update of t tokens; the first layer of a forward appends the probe's rotation of
-    those t tokens and the others find them there. Storage grows geometrically.
+    those t tokens and the others find them there. Storage grows geometrically. fp16 (the default) halves
+    the table against fp32 at a relative rounding error of at most 2^-11 per entry, far below the codes'
+    (about 0.1 at s=8); fp32 keeps lossless settings exact.
     """
 
-    def __init__(self, layer_type: str | None = "full_attention") -> None:
+    def __init__(self, layer_type: str | None = "full_attention", dtype: torch.dtype = torch.float16) -> None:
         self.layer_type = layer_type
+        self.dtype = dtype
         self.length = 0
         self._cos: torch.Tensor | None = None
         self._sin: torch.Tensor | None = None
@@ -118,8 +121,8 @@ class RopeTable:
         """Append (batch, t, m/2) cos and sin."""
         b, t, half = cos.shape
         if self._cos is None:
-            self._cos = cos.new_empty(b, max(t, 64), half)
-            self._sin = sin.new_empty(b, max(t, 64), half)
+            self._cos = cos.new_empty(b, max(t, 64), half, dtype=self.dtype)
+            self._sin = sin.new_empty(b, max(t, 64), half, dtype=self.dtype)
         if self.length + t > self._cos.shape[1]:
             capacity = max(self.length + t, 2 * self._cos.shape[1])
             grown = [x.new_empty(b, capacity, half) for x in (self._cos, self._sin)]
@@ -131,7 +134,7 @@ class RopeTable:
         self.length += t
 
     def view(self, start: int = 0, stop: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos, sin) of tokens start..stop, each (batch, n, m/2) (views, no copy)."""
+        """(cos, sin) of tokens start..stop, each (batch, n, m/2) in the table's dtype (views, no copy)."""
         stop = self.length if stop is None else stop
         if self._cos is None:
             raise LexicoError("rotary table is empty")

@@ -14,6 +14,7 @@ from lexico_chat.attention import (
     compressed_attention,
     dispatch,
     lexico_attention_forward,
+    pack_indices,
     reference,
 )
 from lexico_chat.cache import LexicoCache, LexicoLayer
@@ -29,6 +30,18 @@ def _codes(b, hkv, t, s, m, n, gen, coef_dtype=torch.float32):
     idx = [torch.rand(b, hkv, t, n, generator=gen).argsort(-1)[..., :s].to(torch.int16) for _ in range(2)]
     coef = [torch.randn(b, hkv, t, s, generator=gen).to(coef_dtype) for _ in range(2)]
     return CompressedKV(idx[0], coef[0], idx[1], coef[1], dk, dv)
+
+
+def _packed(codes, index_bits):
+    """The same codes with 12-bit packed indices (as a cache with N <= 4096 stores them) when asked."""
+    if index_bits == 16:
+        return codes
+    return dataclasses.replace(
+        codes,
+        key_indices=pack_indices(codes.key_indices),
+        value_indices=pack_indices(codes.value_indices),
+        index_bits=12,
+    )
 
 
 def _dense_reference(query, keys, values, allowed, scaling, softcap=None):
@@ -78,17 +91,18 @@ DEVICES = [
 
 def _on(codes, device):
     def move(value):
-        if value is None:
-            return None
+        if value is None or isinstance(value, int):
+            return value
         return tuple(v.to(device) for v in value) if isinstance(value, tuple) else value.to(device)
 
     return CompressedKV(*(move(getattr(codes, f.name)) for f in dataclasses.fields(codes)))
 
 
+@pytest.mark.parametrize("index_bits", [16, 12])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("b,heads,hkv,q_len,tc,tb,m,n,s", CASES)
 def test_pre_rope_codes_match_dense_on_rotated_reconstruction(
-    b, heads, hkv, q_len, tc, tb, m, n, s, device, monkeypatch
+    b, heads, hkv, q_len, tc, tb, m, n, s, device, index_bits, monkeypatch
 ):
     """Pre-RoPE key codes: attention rotates each rebuilt key by its own position's angles."""
     monkeypatch.setattr(reference, "TILE_TOKENS", 32)  # several key tiles
@@ -99,8 +113,9 @@ def test_pre_rope_codes_match_dense_on_rotated_reconstruction(
     codes = dataclasses.replace(codes, key_rope=rope)
     query = torch.randn(b, heads, q_len, m, generator=gen)
     key_buf, value_buf = torch.randn(b, hkv, tb, m, generator=gen), torch.randn(b, hkv, tb, m, generator=gen)
+    stored = _on(_packed(codes, index_bits), device)
     out = compressed_attention(
-        query.to(device), key_buf.to(device), value_buf.to(device), _on(codes, device), None, scaling=m**-0.5
+        query.to(device), key_buf.to(device), value_buf.to(device), stored, None, scaling=m**-0.5
     )
     keys, values = _full_kv(codes, key_buf, value_buf)
     keys = torch.cat([rotate_complex(keys[:, :, :tc], angles), keys[:, :, tc:].double()], 2)
@@ -111,7 +126,8 @@ def test_pre_rope_codes_match_dense_on_rotated_reconstruction(
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("b,heads,hkv,q_len,tc,tb,m,n,s", CASES)
 @pytest.mark.parametrize("softcap", [None, 5.0])
-def test_matches_dense_on_reconstruction(b, heads, hkv, q_len, tc, tb, m, n, s, softcap, device):
+@pytest.mark.parametrize("index_bits", [16, 12])
+def test_matches_dense_on_reconstruction(b, heads, hkv, q_len, tc, tb, m, n, s, softcap, index_bits, device):
     gen = torch.Generator().manual_seed(tc + tb + q_len)
     codes = _codes(b, hkv, tc, s, m, n, gen)
     query = torch.randn(b, heads, q_len, m, generator=gen)
@@ -120,7 +136,7 @@ def test_matches_dense_on_reconstruction(b, heads, hkv, q_len, tc, tb, m, n, s, 
         query.to(device),
         key_buf.to(device),
         value_buf.to(device),
-        _on(codes, device),
+        _on(_packed(codes, index_bits), device),
         None,
         scaling=m**-0.5,
         softcap=softcap,

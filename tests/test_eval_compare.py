@@ -73,7 +73,7 @@ def test_kv_fractions_match_hand_counts(result):
     fp16 = 2 * T * M * 2  # per layer and head
     compressed, buffer = _lexico_tokens(T, 48, 16, 8)
     for row, s in zip(result["rows"][1:3], (4, 16)):
-        lexico = (2 * compressed * s * (2 + 4) + 2 * buffer * M * 2) / fp16  # int16 index + fp32 coef; fp16 buffer
+        lexico = (2 * compressed * s * (1.5 + 4) + 2 * buffer * M * 2) / fp16  # 12-bit index + fp32 coef; fp16 buffer
         assert row["kv_fraction"] == pytest.approx(lexico, rel=1e-12)
         eviction = result["rows"][5 if s == 4 else 6]
         window = eviction_window(lexico, T, 2)

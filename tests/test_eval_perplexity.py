@@ -59,8 +59,9 @@ def test_lossy_dictionary_reports_its_cost(tiny_model):
     )
     assert result["lexico_ppl"] != pytest.approx(result["full_ppl"], abs=1e-3)
     # 4 layers x 2 (K, V) x 2 KV heads: 176 compressed tokens (whole windows of 8 more than 16 behind the last
-    # token) at 3 bytes x s=4, 24 buffer tokens of 16 dims held in fp16 under the fp32 model
-    compressed, buffer, fp16 = 176 * 12, 24 * 16 * 2, 200 * 16 * 2
+    # token) at 2.5 bytes (12-bit index, fp8 coefficient) x s=4, 24 buffer tokens of 16 dims held in fp16 under the
+    # fp32 model
+    compressed, buffer, fp16 = 176 * 10, 24 * 16 * 2, 200 * 16 * 2
     assert result["kv_fraction"] == pytest.approx((compressed + buffer) / fp16)
 
 

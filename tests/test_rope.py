@@ -52,9 +52,9 @@ def test_table_grows_geometrically_and_selects_rows():
     cos = torch.arange(2 * 100 * 4, dtype=torch.float32).view(2, 100, 4)
     for start in range(0, 100, 30):
         table.append(cos[:, start : start + 30], -cos[:, start : start + 30])
-    got_cos, got_sin = table.view()
-    assert torch.equal(got_cos, cos) and torch.equal(got_sin, -cos)
-    assert table.nbytes() == 2 * 2 * 100 * 4 * 4 and table.nbytes(False) >= table.nbytes()
+    got_cos, got_sin = table.view()  # held in fp16 (integers below 2048 are exact)
+    assert got_cos.dtype == torch.float16 and torch.equal(got_cos.float(), cos) and torch.equal(got_sin.float(), -cos)
+    assert table.nbytes() == 2 * 2 * 100 * 4 * 2 and table.nbytes(False) >= table.nbytes()
     table.select_batch(torch.tensor([1]))
     assert torch.equal(table.view()[0], cos[1:])
 
@@ -68,7 +68,7 @@ def test_memory_counts_the_table_and_state_round_trips(tiny_model):
     lexico_generate(model, ids, 6, cache)
     memory = cache.memory()
     half = model_dims(model.config).head_dim // 2
-    assert memory.rope_bytes == 2 * 35 * half * 4  # cos + sin of the 35 tokens held, fp32
+    assert memory.rope_bytes == 2 * 35 * half * 2  # cos + sin of the 35 tokens held, fp16
     assert memory.kv_bytes == memory.compressed_bytes + memory.buffer_bytes + memory.rope_bytes
     tensors, facts = export_cache(cache)
     restored = LexicoCache.from_model(model, dictionary, CacheConfig(sparsity=4, buffer=8, window=4))

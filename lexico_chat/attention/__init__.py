@@ -1,6 +1,7 @@
 """Attention over a Lexico cache: sparse-coded keys/values plus a full-precision buffer.
 
-* ``codes``: ``CompressedKV`` (what attention reads of a layer), ``coefs_to_float``, ``LAYER_TAG``.
+* ``codes``: ``CompressedKV`` (what attention reads of a layer), ``coefs_to_float``, 12-bit index packing,
+  ``LAYER_TAG``.
 * ``reference``: the PyTorch path (the reference and the CPU fallback), ``attention_bias``.
 * ``triton_decode`` / ``triton_parts``: the fused Triton decode kernels (optional, CUDA).
 * ``dispatch``: ``compressed_attention``, which picks between the two with one predicate.
@@ -14,7 +15,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from lexico_chat.attention.codes import LAYER_TAG, CompressedKV, coefs_to_float
+from lexico_chat.attention.codes import (
+    LAYER_TAG,
+    PACKED_MAX_ATOMS,
+    CompressedKV,
+    coefs_to_float,
+    pack_indices,
+    unpack_indices,
+)
 from lexico_chat.attention.dispatch import compressed_attention
 from lexico_chat.attention.reference import attention_bias
 
@@ -30,12 +38,15 @@ if TYPE_CHECKING:
 __all__ = [
     "ATTENTION_NAME",
     "LAYER_TAG",
+    "PACKED_MAX_ATOMS",
     "CompressedKV",
     "LostLayerTagError",
     "attention_bias",
     "coefs_to_float",
     "compressed_attention",
     "lexico_attention_forward",
+    "pack_indices",
+    "unpack_indices",
     "register_lexico_attention",
     "use_lexico_attention",
 ]
@@ -44,6 +55,8 @@ _REGISTRATION = {
     "ATTENTION_NAME",
     "LostLayerTagError",
     "lexico_attention_forward",
+    "pack_indices",
+    "unpack_indices",
     "register_lexico_attention",
     "use_lexico_attention",
 }

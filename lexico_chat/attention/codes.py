@@ -8,13 +8,23 @@ nothing of the project.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["CompressedKV", "LAYER_TAG", "coefs_to_float"]
+__all__ = [
+    "CompressedKV",
+    "LAYER_TAG",
+    "PACKED_MAX_ATOMS",
+    "coefs_to_float",
+    "pack_indices",
+    "unpack_indices",
+    "stored_indices",
+]
 
 LAYER_TAG = "_lexico_layer"
+PACKED_MAX_ATOMS = 4096  # dictionaries up to this size store 12-bit indices, two in three bytes
 
 
 @dataclass(frozen=True)
@@ -23,8 +33,11 @@ class CompressedKV:
 
     Attributes
     ----------
-    key_indices, value_indices : (batch, kv_heads, T, s) integer atom indices (int16 as stored).
-    key_coefs, value_coefs : (batch, kv_heads, T, s) coefficients (any float dtype, fp8 included).
+    key_indices, value_indices : atom indices as stored: (batch, kv_heads, T, s) int16 when ``index_bits``
+        is 16, or (batch, kv_heads, T, 3 * ceil(s / 2)) uint8 packed 12-bit indices when it is 12 (see
+        ``pack_indices``; read them with ``stored_indices``).
+    key_coefs, value_coefs : (batch, kv_heads, T, s) coefficients (any float dtype, fp8 included); their
+        last axis is the sparsity s.
     key_dictionary, value_dictionary : (head_dim, N) float32 atoms on the same device.
     key_rope : None for post-RoPE key codes; for pre-RoPE codes the half-width (cos, sin) of the
         compressed tokens, each (batch, T, head_dim / 2) float32.
@@ -37,10 +50,52 @@ class CompressedKV:
     key_dictionary: torch.Tensor
     value_dictionary: torch.Tensor
     key_rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    index_bits: int = 16
 
     @property
     def length(self) -> int:
         return self.key_indices.shape[2]
+
+    def unpacked(self) -> CompressedKV:
+        """The same codes with (batch, kv_heads, T, s) int16 indices (a copy when they are packed)."""
+        if self.index_bits == 16:
+            return self
+        key_idx = unpack_indices(self.key_indices, self.key_coefs.shape[-1]).to(torch.int16)
+        value_idx = unpack_indices(self.value_indices, self.value_coefs.shape[-1]).to(torch.int16)
+        return dataclasses.replace(self, key_indices=key_idx, value_indices=value_idx, index_bits=16)
+
+
+def pack_indices(indices: torch.Tensor) -> torch.Tensor:
+    """Indices in [0, 4096) as 12 bits each, two in three bytes (an odd last one padded with index 0).
+
+    Parameters
+    ----------
+    indices : (..., s) any integer dtype, values in [0, ``PACKED_MAX_ATOMS``).
+
+    Returns
+    -------
+    (..., 3 * ceil(s / 2)) uint8: for each pair (a, b), bytes ``a & 0xFF``, ``a >> 8 | (b & 0xF) << 4``,
+    ``b >> 4``.
+    """
+    x = indices.to(torch.int32)
+    if x.shape[-1] % 2:
+        x = torch.cat([x, x.new_zeros(*x.shape[:-1], 1)], dim=-1)
+    a, b = x[..., 0::2], x[..., 1::2]
+    packed = torch.stack([a & 0xFF, (a >> 8) | ((b & 0xF) << 4), b >> 4], dim=-1)  # (..., s/2, 3)
+    return packed.to(torch.uint8).flatten(-2)
+
+
+def unpack_indices(packed: torch.Tensor, sparsity: int) -> torch.Tensor:
+    """Inverse of ``pack_indices``: (..., 3 * ceil(s / 2)) uint8 -> (..., s) int32 (any strides but the last)."""
+    p = packed.unflatten(-1, (-1, 3)).to(torch.int32)
+    a = p[..., 0] | ((p[..., 1] & 0xF) << 8)
+    b = (p[..., 1] >> 4) | (p[..., 2] << 4)
+    return torch.stack([a, b], dim=-1).flatten(-2)[..., :sparsity]
+
+
+def stored_indices(indices: torch.Tensor, sparsity: int, index_bits: int) -> torch.Tensor:
+    """Stored indices (int16, or packed uint8 when ``index_bits`` is 12) as (..., s) int32."""
+    return unpack_indices(indices, sparsity) if index_bits == 12 else indices.to(torch.int32)
 
 
 def coefs_to_float(coefs: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import torch
 
-from lexico_chat.attention.codes import CompressedKV, coefs_to_float
+from lexico_chat.attention.codes import CompressedKV, coefs_to_float, stored_indices
 from lexico_chat.rope import rotate_
 
 __all__ = ["attention_bias", "reference_attention", "VALUES_SPARSE_MAX_ROWS", "TILE_TOKENS", "BLOCK_ELEMENTS"]
@@ -126,7 +126,7 @@ def reference_attention(
     q5 = (query.to(torch.float32) * scaling).reshape(b, kv_heads, groups, q_len, m)  # (b, hkv, g, q, m)
     k32, v32 = key.to(torch.float32), value.to(torch.float32)
     sparse = groups * q_len <= VALUES_SPARSE_MAX_ROWS
-    per_row = b * kv_heads * groups * max(total, n_comp * codes.key_indices.shape[-1] if sparse and codes else 0)
+    per_row = b * kv_heads * groups * max(total, n_comp * codes.value_coefs.shape[-1] if sparse and codes else 0)
     rows = max(1, min(q_len, BLOCK_ELEMENTS // max(per_row, 1)))
     blocks = []
     for start in range(0, q_len, rows):
@@ -161,13 +161,13 @@ def _attend(q5, k32, v32, codes: CompressedKV | None, bias, softcap, sparse: boo
 def _compressed_scores(flat: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
     # flat: (b, hkv, G, m) -> (b, hkv, G, T)
     b, hkv, rows, _ = flat.shape
-    s = codes.key_indices.shape[-1]
+    s = codes.key_coefs.shape[-1]
     n_atoms = codes.key_dictionary.shape[1]
     table = flat @ codes.key_dictionary  # (b, hkv, G, N): one GEMM, batch folded into rows
     table = table.transpose(-1, -2).reshape(b * hkv * n_atoms, rows)  # uᵀ per head, stacked head after head
     offsets = torch.arange(0, b * hkv * n_atoms, n_atoms, dtype=torch.int32, device=flat.device).view(b, hkv, 1, 1)
     parts = []
-    for _start, indices, coefs in _tiles(codes.key_indices, codes.key_coefs):
+    for _start, indices, coefs in _tiles(codes.key_indices, codes.key_coefs, codes.index_bits):
         t = indices.shape[2]
         bags = (indices + offsets).view(b * hkv * t, s)  # int32 table rows, s per token
         scores = torch.nn.functional.embedding_bag(
@@ -177,12 +177,13 @@ def _compressed_scores(flat: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
 
-def _tiles(indices: torch.Tensor, coefs: torch.Tensor):
-    """(start, indices, fp32 coefs) of ``TILE_TOKENS`` stored tokens at a time: coefficients are decoded
-    one tile at a time, never for the whole store (no fp32 copy of every code per step)."""
+def _tiles(indices: torch.Tensor, coefs: torch.Tensor, index_bits: int):
+    """(start, int32 indices, fp32 coefs), each (b, hkv, t, s), of ``TILE_TOKENS`` stored tokens at a time:
+    codes are decoded one tile at a time, never for the whole store (no wide copy of every code per step)."""
+    s = coefs.shape[-1]
     for start in range(0, indices.shape[2], TILE_TOKENS):
         stop = start + TILE_TOKENS
-        yield start, indices[:, :, start:stop], coefs_to_float(coefs[:, :, start:stop])
+        yield start, stored_indices(indices[:, :, start:stop], s, index_bits), coefs_to_float(coefs[:, :, start:stop])
 
 
 def _rope_scores(flat: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
@@ -191,9 +192,9 @@ def _rope_scores(flat: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
     atoms = atoms if atoms.is_contiguous() else atoms.contiguous()
     cos, sin = codes.key_rope
     parts = []
-    for start, indices, coefs in _tiles(codes.key_indices, codes.key_coefs):
+    for start, indices, coefs in _tiles(codes.key_indices, codes.key_coefs, codes.index_bits):
         stop = start + indices.shape[2]
-        keys = rotate_(_rebuild(indices.int(), coefs, atoms), cos[:, None, start:stop], sin[:, None, start:stop])
+        keys = rotate_(_rebuild(indices, coefs, atoms), cos[:, None, start:stop], sin[:, None, start:stop])
         parts.append(flat @ keys.transpose(-1, -2))  # keys: (b, hkv, t, m)
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
@@ -201,9 +202,9 @@ def _rope_scores(flat: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
 def _sparse_values(probs: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
     # probs: (b, hkv, G, T) -> (b, hkv, G, m)
     b, hkv, rows, _ = probs.shape
-    s = codes.value_indices.shape[-1]
+    s = codes.value_coefs.shape[-1]
     weights = probs.new_zeros(b, hkv, rows, codes.value_dictionary.shape[1])  # (b, hkv, G, N)
-    for start, indices, coefs in _tiles(codes.value_indices, codes.value_coefs):
+    for start, indices, coefs in _tiles(codes.value_indices, codes.value_coefs, codes.index_bits):
         t = indices.shape[2]
         src = (probs[..., start : start + t, None] * coefs.unsqueeze(2)).reshape(b, hkv, rows, t * s)
         index = indices.long().reshape(b, hkv, 1, t * s).expand(b, hkv, rows, t * s)
@@ -224,7 +225,7 @@ def _tiled_values(probs: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
     # probs: (b, hkv, G, T) -> (b, hkv, G, m)
     atoms = codes.value_dictionary.t().contiguous()  # (N, m); free when the layer stores it so
     out = None
-    for start, indices, coefs in _tiles(codes.value_indices, codes.value_coefs):
-        part = probs[..., start : start + indices.shape[2]] @ _rebuild(indices.int(), coefs, atoms)
+    for start, indices, coefs in _tiles(codes.value_indices, codes.value_coefs, codes.index_bits):
+        part = probs[..., start : start + indices.shape[2]] @ _rebuild(indices, coefs, atoms)
         out = part if out is None else out + part
     return out

@@ -194,7 +194,8 @@ def decode_attention(
     ----------
     query : (b, heads, 1, m) fp16/bf16/fp32; head h reads KV head h // (heads // kv_heads).
     key, value : (b, kv_heads, Tb, m) buffer tokens (any strides).
-    compressed : ``CompressedKV`` of the Tc older tokens (int16 indices; fp8 e4m3 / fp16 / fp32
+    compressed : ``CompressedKV`` of the Tc older tokens (int16 or packed 12-bit indices, the latter
+        unpacked to int16 first; fp8 e4m3 / fp16 / fp32
         coefficients; (m, N) fp32 dictionaries), or None.
     attention_mask : None, or (b or 1, 1, 1, Tc + Tb) bool (True = attend) / additive float.
     scaling, softcap : as ``compressed_attention`` (a sliding window, if any, spans every key).
@@ -204,6 +205,7 @@ def decode_attention(
     -------
     (b, 1, heads, m) in ``query.dtype``.
     """
+    compressed = compressed.unpacked() if compressed is not None else None  # the kernels read int16 indices
     b, heads, _, m = query.shape
     kv_heads, n_buf = key.shape[1], key.shape[2]
     n_comp = compressed.length if compressed is not None else 0

@@ -55,7 +55,8 @@ class LexicoCache(PlannedCache):
                 raise LexicoError(
                     "a pre-RoPE key dictionary needs the model's rotary probe: use LexicoCache.from_model"
                 )
-            self.rope_table = RopeTable()
+            exact = config.buffer_dtype == "float32"  # lossless settings: the model's own fp32 rotation
+            self.rope_table = RopeTable(dtype=torch.float32 if exact else torch.float16)
         rope = None if self.rope_table is None else (self.rope_table, rope_probe)
         kinds, _ = layer_plan(model_config, dictionary.meta.num_layers)
         if len(kinds) != dictionary.meta.num_layers:

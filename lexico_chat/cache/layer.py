@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from lexico_chat.attention import LAYER_TAG, CompressedKV
+from lexico_chat.attention import LAYER_TAG, PACKED_MAX_ATOMS, CompressedKV
 from lexico_chat.cache.layer_base import CompactLayer
 from lexico_chat.cache.store import CodeStore, TokenBuffer
 from lexico_chat.config import CacheConfig
@@ -81,8 +81,9 @@ class LexicoLayer(CompactLayer):
         keys = self._source[0].to(self.device, torch.float32)
         self.key_dictionary = keys.t().contiguous().t() if self.rope_table is not None else keys.contiguous()
         self.value_dictionary = self._source[1].to(self.device, torch.float32).t().contiguous().t()
-        self.key_codes = CodeStore(b, h, self.sparsity, self.coef_dtype, self.device)
-        self.value_codes = CodeStore(b, h, self.sparsity, self.coef_dtype, self.device)
+        bits = 12 if self._source[0].shape[1] <= PACKED_MAX_ATOMS else 16  # N <= 4096: 2.5 bytes per atom, not 3
+        self.key_codes = CodeStore(b, h, self.sparsity, self.coef_dtype, self.device, bits)
+        self.value_codes = CodeStore(b, h, self.sparsity, self.coef_dtype, self.device, bits)
         held = self.buffer_dtype_for(key_states.dtype)
         self.key_buffer = TokenBuffer(b, h, m, held, self.device)
         self.value_buffer = TokenBuffer(b, h, m, held, self.device)
@@ -155,8 +156,10 @@ class LexicoLayer(CompactLayer):
             front = states.view()[:, :, offset : offset + count]  # (b, h, count, m)
             b, h, _, m = front.shape
             if states is self.key_buffer and self.rope_table is not None:
-                cos, sin = self.rope_table.view(done, done + count)  # (b, count, m/2)
-                front = unrotate(front.float(), cos.unsqueeze(1), sin.unsqueeze(1))
+                cos, sin = (
+                    x.float().unsqueeze(1) for x in self.rope_table.view(done, done + count)
+                )  # (b, 1, count, m/2)
+                front = unrotate(front.float(), cos, sin)
             idx, coef = omp(front.reshape(b * h * count, m), dictionary, self.sparsity, select_dtype=self.select_dtype)
             store.append(idx.view(b, h, count, self.sparsity), coef.view(b, h, count, self.sparsity))
 
@@ -179,12 +182,13 @@ class LexicoLayer(CompactLayer):
 
     def compressed(self) -> CompressedKV:
         """The compressed tokens (views of the stores, no copy) with this layer's fp32 dictionaries."""
-        key_idx, key_coef = self.key_codes.view()
-        value_idx, value_coef = self.value_codes.view()
+        key_idx, key_coef = self.key_codes.stored()
+        value_idx, value_coef = self.value_codes.stored()
         rope = None if self.rope_table is None else self.rope_table.view(0, self.compressed_length)
         return CompressedKV(
-            key_idx, key_coef, value_idx, value_coef, self.key_dictionary, self.value_dictionary, key_rope=rope
-        )
+            key_idx, key_coef, value_idx, value_coef, self.key_dictionary, self.value_dictionary, key_rope=rope,
+            index_bits=self.key_codes.index_bits,
+        )  # fmt: skip
 
     def get_seq_length(self) -> int:
         return self.buffer_start + self.buffer_length if self.is_initialized else 0

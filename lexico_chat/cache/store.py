@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from lexico_chat.attention.codes import pack_indices, unpack_indices
+
 __all__ = ["CodeStore", "TokenBuffer", "grow_capacity"]
 
 MIN_CAPACITY = 64
@@ -36,14 +38,28 @@ class CodeStore:
 
     Attributes
     ----------
-    indices : (batch, heads, capacity, s) int16 atom indices; ``[:, :, :length]`` are valid.
+    indices : atom indices, ``[:, :, :length]`` valid: (batch, heads, capacity, s) int16, or with
+        ``index_bits=12`` (dictionaries of at most 4096 atoms) (batch, heads, capacity, 3 * ceil(s / 2))
+        uint8, two 12-bit indices in three bytes (``lexico_chat.attention.codes.pack_indices``).
     coefs : (batch, heads, capacity, s) coefficients in ``coef_dtype``.
     length : number of tokens stored.
     reallocations : how many times the storage tensors were replaced by larger ones.
     """
 
-    def __init__(self, batch: int, heads: int, sparsity: int, coef_dtype: torch.dtype, device: torch.device) -> None:
-        self.indices = torch.empty(batch, heads, 0, sparsity, dtype=torch.int16, device=device)
+    def __init__(
+        self,
+        batch: int,
+        heads: int,
+        sparsity: int,
+        coef_dtype: torch.dtype,
+        device: torch.device,
+        index_bits: int = 16,
+    ) -> None:
+        if index_bits not in (12, 16):
+            raise ValueError(f"index_bits must be 12 or 16, got {index_bits}")
+        self.index_bits, self.sparsity = index_bits, sparsity
+        width, index_dtype = (3 * -(-sparsity // 2), torch.uint8) if index_bits == 12 else (sparsity, torch.int16)
+        self.indices = torch.empty(batch, heads, 0, width, dtype=index_dtype, device=device)
         self.coefs = torch.empty(batch, heads, 0, sparsity, dtype=coef_dtype, device=device)
         self.length = 0
         self.reallocations = 0
@@ -58,22 +74,31 @@ class CodeStore:
         end = self.length + t
         if end > self.capacity:
             self._reallocate(grow_capacity(self.capacity, end))
-        self.indices[:, :, self.length : end] = indices.to(torch.int16)
+        self.indices[:, :, self.length : end] = (
+            pack_indices(indices) if self.index_bits == 12 else indices.to(torch.int16)
+        )
         self.coefs[:, :, self.length : end] = _saturate(coefs, self.coefs.dtype)
         self.length = end
 
     def _reallocate(self, capacity: int) -> None:
-        b, h, _, s = self.indices.shape
-        indices = self.indices.new_zeros(b, h, capacity, s)
-        coefs = self.coefs.new_zeros(b, h, capacity, s)
+        b, h, _, width = self.indices.shape
+        indices = self.indices.new_zeros(b, h, capacity, width)
+        coefs = self.coefs.new_zeros(b, h, capacity, self.sparsity)
         indices[:, :, : self.length] = self.indices[:, :, : self.length]
         coefs[:, :, : self.length] = self.coefs[:, :, : self.length]
         self.indices, self.coefs = indices, coefs
         self.reallocations += 1
 
-    def view(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(batch, heads, length, s) int16 indices and coefficients (views, no copy)."""
+    def stored(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices as stored (int16, or packed uint8) and coefficients of the filled tokens (views, no copy)."""
         return self.indices[:, :, : self.length], self.coefs[:, :, : self.length]
+
+    def view(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch, heads, length, s) int16 indices (a copy when packed) and coefficients (a view)."""
+        indices, coefs = self.stored()
+        if self.index_bits == 12:
+            indices = unpack_indices(indices, self.sparsity).to(torch.int16)
+        return indices, coefs
 
     def select_batch(self, index: torch.Tensor) -> None:
         """Keep (and reorder) batch rows ``index`` (beam search, batch selection)."""
@@ -83,8 +108,9 @@ class CodeStore:
     def nbytes(self, filled: bool = True) -> int:
         """Bytes of the filled tokens (``filled``) or of the whole held capacity."""
         tokens = self.length if filled else self.capacity
-        b, h, _, s = self.indices.shape
-        return tokens * b * h * s * (self.indices.element_size() + self.coefs.element_size())
+        b, h, _, width = self.indices.shape
+        per_token = width * self.indices.element_size() + self.sparsity * self.coefs.element_size()
+        return tokens * b * h * per_token
 
 
 class TokenBuffer:
