@@ -133,5 +133,5 @@ def _run_tui(args: argparse.Namespace) -> int:
 
     model = options.model or "SmolLM2-135M-Instruct"
     cache = options.cache
-    detail = f"Lexico s={cache.sparsity} N={cache.atoms}" if cache.lexico else "full cache"
+    detail = f"Lexico s={cache.sparsity_label()} N={cache.atoms}" if cache.lexico else "full cache"
     return run_tui(factory, doc=args.doc, sampling=_sampling(args), subtitle=f"{model} · {detail}")

@@ -42,6 +42,8 @@ class CacheConfig:
     ----------
     kind : "lexico" (sparse-coded) or "full" (transformers' DynamicCache, for comparison).
     sparsity : atoms per vector s (1 <= s <= min(head_dim, atoms), checked by ``validate``).
+    key_sparsity, value_sparsity : atoms per key / per value vector when they differ from ``sparsity``
+        (None: ``sparsity``); read them as ``sparsity_k`` / ``sparsity_v``.
     atoms : dictionary size N (2..32767).
     buffer : recent tokens every query sees in full precision (>= 0).
     window : tokens compressed at a time (>= 1).
@@ -60,10 +62,14 @@ class CacheConfig:
     coef_dtype: str = "float8_e4m3fn"
     select_dtype: str = "bfloat16"
     buffer_dtype: str = "auto"
+    key_sparsity: int | None = None
+    value_sparsity: int | None = None
 
     def __post_init__(self) -> None:
         _one_of("kind", self.kind, CACHE_KINDS)
-        _int_in("sparsity", self.sparsity, 1, None)
+        for name in _SPARSITIES:
+            if name == "sparsity" or getattr(self, name) is not None:
+                _int_in(name, getattr(self, name), 1, None)
         _int_in("atoms", self.atoms, 2, MAX_ATOMS)
         _int_in("buffer", self.buffer, 0, None)
         _int_in("window", self.window, 1, None)
@@ -74,6 +80,21 @@ class CacheConfig:
     @property
     def lexico(self) -> bool:
         return self.kind == "lexico"
+
+    @property
+    def sparsity_k(self) -> int:
+        """Atoms per key vector."""
+        return self.sparsity if self.key_sparsity is None else self.key_sparsity
+
+    @property
+    def sparsity_v(self) -> int:
+        """Atoms per value vector."""
+        return self.sparsity if self.value_sparsity is None else self.value_sparsity
+
+    def sparsity_label(self) -> str:
+        """``8``, or ``k6/v10`` when keys and values differ (shown as ``s=…``)."""
+        k, v = self.sparsity_k, self.sparsity_v
+        return str(k) if k == v else f"k{k}/v{v}"
 
     def validate(self, dims=None, dictionary=None) -> CacheConfig:
         """Check the settings against a model and a dictionary; returns ``self``.
@@ -90,9 +111,14 @@ class CacheConfig:
                     f"dictionary is for {meta.num_layers} layers x head_dim {meta.head_dim}, "
                     f"the model has {dims.num_layers} layers x head_dim {dims.head_dim}"
                 )
-            _int_in("sparsity", self.sparsity, 1, min(meta.head_dim, meta.atoms))
+            high = min(meta.head_dim, meta.atoms)
         elif dims is not None:
-            _int_in("sparsity", self.sparsity, 1, dims.head_dim)
+            high = dims.head_dim
+        else:
+            return self
+        for name in _SPARSITIES:
+            if name == "sparsity" or getattr(self, name) is not None:
+                _int_in(name, getattr(self, name), 1, high)
         return self
 
     def replace(self, **changes) -> CacheConfig:
@@ -102,6 +128,9 @@ class CacheConfig:
     def settings(self) -> dict:
         """The settings as a JSON-able dict (saved sessions, eval output)."""
         return dataclasses.asdict(self)
+
+
+_SPARSITIES = ("sparsity", "key_sparsity", "value_sparsity")
 
 
 def _flag(name: str) -> str:

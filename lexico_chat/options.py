@@ -47,6 +47,13 @@ def add_dictionary_options(parser: argparse.ArgumentParser, *, defaults: bool = 
         default=d and d.sparsity,
         help=f"atoms per vector s (default {DEFAULTS.sparsity})",
     )
+    for part in ("key", "value"):
+        parser.add_argument(
+            f"--{part}-sparsity",
+            type=positive_int,
+            default=None,
+            help=f"atoms per {part} vector, when it should differ from --sparsity",
+        )
 
 
 def add_cache_options(parser: argparse.ArgumentParser, *, defaults: bool = True) -> None:
@@ -66,7 +73,15 @@ def add_cache_options(parser: argparse.ArgumentParser, *, defaults: bool = True)
     )
 
 
-CACHE_FLAGS = ("kind", "sparsity", "atoms", "buffer", "window")  # CacheConfig fields set by flags
+CACHE_FLAGS = (
+    "kind",
+    "sparsity",
+    "key_sparsity",
+    "value_sparsity",
+    "atoms",
+    "buffer",
+    "window",
+)  # CacheConfig fields set by flags
 
 
 def cache_config(args: argparse.Namespace, saved: dict | None = None) -> CacheConfig:

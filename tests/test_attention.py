@@ -146,6 +146,27 @@ def test_matches_dense_on_reconstruction(b, heads, hkv, q_len, tc, tb, m, n, s, 
     torch.testing.assert_close(out.cpu().double(), ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("q_len", [1, 9])
+@pytest.mark.parametrize("pre_rope", [False, True])
+def test_keys_and_values_of_different_sparsity(q_len, pre_rope):
+    """Key codes of 3 atoms and value codes of 7 (12-bit packed) give the dense result on the reconstruction."""
+    gen = torch.Generator().manual_seed(11)
+    keys, values = _codes(1, 2, 90, 3, 16, 64, gen), _codes(1, 2, 90, 7, 16, 64, gen)
+    codes = dataclasses.replace(keys, value_indices=values.value_indices, value_coefs=values.value_coefs)
+    angles = torch.rand(1, 1, 90, 8, generator=gen, dtype=torch.float64) * 6.3
+    if pre_rope:
+        codes = dataclasses.replace(codes, key_rope=(angles[:, 0].cos().float(), angles[:, 0].sin().float()))
+    query = torch.randn(1, 4, q_len, 16, generator=gen)
+    key_buf, value_buf = torch.randn(1, 2, 10, 16, generator=gen), torch.randn(1, 2, 10, 16, generator=gen)
+    out = compressed_attention(query, key_buf, value_buf, _packed(codes, 12), None, scaling=0.25)
+    full_keys, full_values = _full_kv(codes, key_buf, value_buf)
+    if pre_rope:
+        full_keys = torch.cat([rotate_complex(full_keys[:, :, :90], angles), full_keys[:, :, 90:].double()], 2)
+    ref = _dense_reference(query, full_keys, full_values, _causal(q_len, 100), 0.25)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
+    assert not dispatch.decode_eligible(query[:, :, :1], key_buf, codes, None, None)  # one-sparsity kernels
+
+
 @pytest.mark.parametrize("sparse_rows", [0, 10_000])
 def test_both_orders_and_blocks_agree(monkeypatch, sparse_rows):
     """Atom-space (scatter) and tiled values, split into many query blocks, give the dense result."""

@@ -48,6 +48,29 @@ def test_codes_are_one_batched_omp_of_the_oldest_tokens():
     assert torch.equal(layer.key_buffer.view(), k[:, :, 4:])
 
 
+def test_keys_and_values_take_their_own_sparsity():
+    """--key-sparsity 3 --value-sparsity 6: each store holds OMP codes of its own size, counted exactly."""
+    dk, dv = _dicts()
+    config = CacheConfig(
+        sparsity=4, key_sparsity=3, value_sparsity=6, buffer=6, window=4, coef_dtype="float32",
+        select_dtype="float32", buffer_dtype="float32",
+    )  # fmt: skip
+    layer = LexicoLayer(dk, dv, config)
+    k, v = _states(2, 3, 11, 16, 1)
+    layer.update(k, v)
+    layer.settle()
+    kidx, kcoef = layer.key_codes.view()
+    vidx, vcoef = layer.value_codes.view()
+    expected_k = omp(k[:, :, :4].reshape(-1, 16), dk, 3, select_dtype=torch.float32)
+    expected_v = omp(v[:, :, :4].reshape(-1, 16), dv, 6, select_dtype=torch.float32)
+    assert torch.equal(kidx, expected_k[0].view(2, 3, 4, 3)) and torch.equal(kcoef, expected_k[1].view(2, 3, 4, 3))
+    assert torch.equal(vidx, expected_v[0].view(2, 3, 4, 6)) and torch.equal(vcoef, expected_v[1].view(2, 3, 4, 6))
+    # batch x heads x (12-bit indices, an odd count padded to even, + fp32 coefficients)
+    per_token = 2 * 3 * (4 * 1.5 + 3 * 4 + 6 * 1.5 + 6 * 4)
+    assert layer.memory(0).compressed_bytes == 4 * per_token
+    assert config.sparsity_label() == "k3/v6" and CacheConfig(key_sparsity=8).sparsity_label() == "8"
+
+
 def test_fp8_coefficients_saturate_instead_of_overflowing():
     layer = LexicoLayer(*_dicts(), CacheConfig(sparsity=4, buffer=0, window=1))
     k, v = _states(1, 1, 3, 16, 2)
@@ -137,6 +160,8 @@ def test_invalid_settings_name_the_parameter():
     dk, dv = _dicts()
     with pytest.raises(ValueError, match="sparsity"):
         LexicoLayer(dk, dv, CacheConfig(sparsity=17))
+    with pytest.raises(ValueError, match="sparsity"):
+        LexicoLayer(dk, dv, CacheConfig(sparsity=4, value_sparsity=17))
     with pytest.raises(LexicoError, match=r"--coef-dtype must be one of .* got 'bfloat16'"):
         CacheConfig(sparsity=4, coef_dtype="bfloat16")
     with pytest.raises(LexicoError, match="--window must be >= 1, got 0"):

@@ -32,11 +32,12 @@ def _ids(length, seed=3):
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
 @pytest.mark.parametrize("key_space", ["post_rope", "pre_rope"])
-@pytest.mark.parametrize("sparsity", [2, 8])
-def test_chunked_prefill_equals_token_by_token(tiny_model, arch, key_space, sparsity):
+@pytest.mark.parametrize("sparsity,value_sparsity", [(2, 2), (8, 8), (3, 6)])
+def test_chunked_prefill_equals_token_by_token(tiny_model, arch, key_space, sparsity, value_sparsity):
     model = tiny_model(arch)
     config = CacheConfig(
         sparsity=sparsity,
+        value_sparsity=value_sparsity,
         atoms=64,
         buffer=8,
         window=4,

@@ -63,6 +63,10 @@ def test_validate_names_the_parameter_the_range_and_the_value():
     with pytest.raises(LexicoError, match=r"--sparsity must be in \[1, 16\], got 17"):
         CacheConfig(sparsity=17).validate(dims)
     assert CacheConfig(sparsity=16).validate(dims).sparsity == 16
+    with pytest.raises(LexicoError, match=r"--key-sparsity must be in \[1, 16\], got 20"):
+        CacheConfig(key_sparsity=20).validate(dims)
+    with pytest.raises(LexicoError, match=r"--value-sparsity must be >= 1, got 0"):
+        CacheConfig(value_sparsity=0)
     with pytest.raises(LexicoError, match=r"--cache must be one of \['lexico', 'full'\], got 'dense'"):
         CacheConfig(kind="dense")
     with pytest.raises(LexicoError, match=r"--atoms must be in \[2, 32767\], got 1"):

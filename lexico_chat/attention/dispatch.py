@@ -37,13 +37,16 @@ def decode_eligible(
     Returns
     -------
     True for CUDA tensors with Triton enabled, q_len == 1, a query dtype in ``DECODE_DTYPES``, heads a
-    multiple of kv_heads, post-RoPE codes (or none), at least one key, a mask None or (b or 1, 1, 1, Tc + Tb),
+    multiple of kv_heads, post-RoPE codes (or none) with one sparsity for keys and
+    values, at least one key, a mask None or (b or 1, 1, 1, Tc + Tb),
     and ``sliding_window`` None or >= Tc + Tb.
     """
     if query.shape[2] != 1 or query.dtype not in DECODE_DTYPES or query.shape[1] % key.shape[1]:
         return False
     if compressed is not None and compressed.key_rope is not None:  # pre-RoPE codes: the reference rotates tiles
         return False
+    if compressed is not None and compressed.key_coefs.shape[-1] != compressed.value_coefs.shape[-1]:
+        return False  # the kernels take one sparsity for keys and values
     total = key.shape[2] + (compressed.length if compressed is not None else 0)
     if total == 0 or (sliding_window is not None and sliding_window < total):
         return False

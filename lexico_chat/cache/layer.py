@@ -60,10 +60,12 @@ class LexicoLayer(CompactLayer):
         head_dim, atoms = key_dictionary.shape
         if tuple(value_dictionary.shape) != (head_dim, atoms):
             raise ValueError(f"value dictionary must be {(head_dim, atoms)}, got {tuple(value_dictionary.shape)}")
-        if not 1 <= config.sparsity <= min(head_dim, atoms):
-            raise ValueError(f"`sparsity` must be in [1, {min(head_dim, atoms)}], got {config.sparsity}")
+        for name, s in (("sparsity", config.sparsity_k), ("sparsity", config.sparsity_v)):
+            if not 1 <= s <= min(head_dim, atoms):
+                raise ValueError(f"`{name}` must be in [1, {min(head_dim, atoms)}], got {s}")
         self.config = config
-        self.sparsity, self.buffer, self.window = config.sparsity, config.buffer, config.window
+        self.key_sparsity, self.value_sparsity = config.sparsity_k, config.sparsity_v
+        self.buffer, self.window = config.buffer, config.window
         self.coef_dtype, self.select_dtype = torch_dtype(config.coef_dtype), torch_dtype(config.select_dtype)
         self._source = (key_dictionary, value_dictionary)
         self.rope_table, self.rope_probe = rope if rope is not None else (None, None)
@@ -82,8 +84,8 @@ class LexicoLayer(CompactLayer):
         self.key_dictionary = keys.t().contiguous().t() if self.rope_table is not None else keys.contiguous()
         self.value_dictionary = self._source[1].to(self.device, torch.float32).t().contiguous().t()
         bits = 12 if self._source[0].shape[1] <= PACKED_MAX_ATOMS else 16  # N <= 4096: 2.5 bytes per atom, not 3
-        self.key_codes = CodeStore(b, h, self.sparsity, self.coef_dtype, self.device, bits)
-        self.value_codes = CodeStore(b, h, self.sparsity, self.coef_dtype, self.device, bits)
+        self.key_codes = CodeStore(b, h, self.key_sparsity, self.coef_dtype, self.device, bits)
+        self.value_codes = CodeStore(b, h, self.value_sparsity, self.coef_dtype, self.device, bits)
         held = self.buffer_dtype_for(key_states.dtype)
         self.key_buffer = TokenBuffer(b, h, m, held, self.device)
         self.value_buffer = TokenBuffer(b, h, m, held, self.device)
@@ -160,8 +162,9 @@ class LexicoLayer(CompactLayer):
                     x.float().unsqueeze(1) for x in self.rope_table.view(done, done + count)
                 )  # (b, 1, count, m/2)
                 front = unrotate(front.float(), cos, sin)
-            idx, coef = omp(front.reshape(b * h * count, m), dictionary, self.sparsity, select_dtype=self.select_dtype)
-            store.append(idx.view(b, h, count, self.sparsity), coef.view(b, h, count, self.sparsity))
+            s = store.sparsity
+            idx, coef = omp(front.reshape(b * h * count, m), dictionary, s, select_dtype=self.select_dtype)
+            store.append(idx.view(b, h, count, s), coef.view(b, h, count, s))
 
     @property
     def compressed_length(self) -> int:

@@ -69,7 +69,8 @@ def import_cache(cache, tensors: dict[str, torch.Tensor], facts: list[dict], dev
 
 def _import_lexico(layer: LexicoLayer, parts: dict[str, torch.Tensor]) -> None:
     keys, values = parts["key_buffer"], parts["value_buffer"]
-    if parts["key_idx"].shape[-1] != layer.sparsity or parts["key_coef"].dtype != layer.coef_dtype:
+    sparsities = (parts["key_idx"].shape[-1], parts["value_idx"].shape[-1])
+    if sparsities != (layer.key_sparsity, layer.value_sparsity) or parts["key_coef"].dtype != layer.coef_dtype:
         raise ValueError("saved codes were made with another sparsity or coefficient dtype")
     layer.lazy_initialization(keys[:, :, :0], values[:, :, :0])
     layer.key_codes.append(parts["key_idx"], parts["key_coef"])

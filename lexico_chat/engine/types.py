@@ -69,7 +69,7 @@ class SessionStats:
     model_id: str
     device: str
     cache: str  # "lexico" or "full"
-    sparsity: int | None
+    sparsity: str | int | None  # "8", or "k6/v10" when keys and values differ; None for a full cache
     atoms: int | None
 
     @property
