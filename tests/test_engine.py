@@ -80,7 +80,7 @@ def _other_model(path, out):
         meta = json.loads(fh.metadata()["lexico_session"])
         tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     meta["model_id"] = "someone/Other-Model"
-    from lexico_chat.engine.persist import _digest
+    from lexico_chat.engine.session_file import digest as _digest
 
     claimed = meta.pop("sha256")
     assert claimed
