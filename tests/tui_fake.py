@@ -41,6 +41,14 @@ def fake_stats(**changes) -> SessionStats:
     return replace(base, **changes)
 
 
+def empty_stats(**changes) -> SessionStats:
+    """The figures of a session with nothing in its cache yet (kv_fraction 1.0, as SessionStats reports it)."""
+    empty = dict(kv_bytes=0, compressed_bytes=0, buffer_bytes=0, fp16_bytes=0, kv_fraction=1.0, tokens_compressed=0,
+                 tokens_buffer=0, context_tokens=0, prefill_tps=0.0, decode_tps=0.0)  # fmt: skip
+    empty["layers"] = layer_stats(4, 0, 0)
+    return fake_stats(**{**empty, **changes})
+
+
 @dataclass
 class FakeEngine:
     """Implements ``ChatEngine``. ``calls`` records (method, args); ``fail`` maps a method name to the

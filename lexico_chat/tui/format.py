@@ -32,7 +32,9 @@ def memory_text(stats: SessionStats) -> str:
 
 
 def ratio_text(stats: SessionStats) -> str:
-    """``12.5% of fp16 · 8.0× smaller``."""
+    """``12.5% of fp16 · 8.0× smaller``; "—" while the cache holds nothing (no ratio to show)."""
+    if stats.context_tokens == 0 or stats.fp16_bytes == 0:
+        return "—"
     return f"{stats.kv_fraction:.1%} of fp16 · {stats.times_smaller:.1f}× smaller"
 
 
