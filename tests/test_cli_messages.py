@@ -14,15 +14,7 @@ from lexico_chat.cache import LexicoCache
 from lexico_chat.config import CacheConfig
 from lexico_chat.memory import cache_memory
 from tests.conftest import random_dictionary
-from tests.tiny_cli import (
-    FLAGS,
-    assert_one_line_error,
-    one_thread,  # noqa: F401 - a fixture
-    run_cli,
-    save_dictionary,
-    serve_tiny_model,
-    tiny_loaded,
-)
+from tests.tiny_cli import FLAGS, assert_one_line_error, run_cli, save_dictionary, serve_tiny_model, tiny_loaded
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CONFIG = CacheConfig(sparsity=4, atoms=64, buffer=16, window=8)

@@ -20,7 +20,6 @@ from lexico_chat.errors import SaveError
 from tests.tiny_cli import (
     FLAGS,
     assert_one_line_error,
-    one_thread,  # noqa: F401 - a fixture
     run_cli,
     save_dictionary,
     save_model_folder,

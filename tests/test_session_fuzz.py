@@ -24,15 +24,7 @@ from lexico_chat.engine.options import SessionOptions
 from lexico_chat.engine.session import ChatSession
 from lexico_chat.engine.session_file import META_KEY, digest
 from lexico_chat.engine.types import SamplingConfig
-from tests.tiny_cli import (
-    FLAGS,
-    assert_one_line_error,
-    one_thread,  # noqa: F401 - a fixture
-    run_cli,
-    save_dictionary,
-    serve_tiny_model,
-    tiny_loaded,
-)
+from tests.tiny_cli import FLAGS, assert_one_line_error, run_cli, save_dictionary, serve_tiny_model, tiny_loaded
 
 TURN1 = "Tell me about the sea, the wind and the long roads home."
 TURN2 = "Go on."

@@ -13,14 +13,7 @@ from lexico_chat.engine.template import render, render_conversation
 from lexico_chat.engine.types import Message, SamplingConfig
 from lexico_chat.errors import LexicoError
 from tests.test_server_support import TINY_OPTIONS, char_tokenizer, tiny_engine, tiny_server
-from tests.tiny_cli import (
-    FLAGS,
-    one_thread,  # noqa: F401 - a fixture
-    run_cli,
-    save_dictionary,
-    serve_tiny_model,
-    tiny_loaded,
-)
+from tests.tiny_cli import FLAGS, run_cli, save_dictionary, serve_tiny_model, tiny_loaded
 from tests.tui_fake import RecordingApp, pilot_test, ready, submit, wait_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")

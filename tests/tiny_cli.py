@@ -7,9 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-import torch
-
 from lexico_chat.cli import main
 from lexico_chat.models import LoadedModel
 from tests.conftest import build_tiny_model, random_dictionary
@@ -56,13 +53,3 @@ def save_model_folder(loaded: LoadedModel, folder: Path) -> Path:
     loaded.model.save_pretrained(path)
     loaded.tokenizer.save_pretrained(path)
     return path
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """Run a module's tiny-model work on one CPU thread: at these sizes threads only add overhead, and on a
-    loaded 2-core machine their spinning makes each forward call many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
