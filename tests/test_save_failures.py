@@ -89,7 +89,7 @@ def test_a_save_over_the_size_limit_keeps_the_old_file_and_no_temp(tiny, tmp_pat
     def limit_file_size():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
     run = subprocess.run(
         [str(c) for c in command], capture_output=True, text=True, env=env, preexec_fn=limit_file_size, timeout=300
     )

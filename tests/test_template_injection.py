@@ -58,6 +58,19 @@ def test_injected_text_is_plain_text_and_clean_text_is_unchanged():
     assert rendered.encode(tokenizer, len(before)) == ids[len(markup(tokenizer, before)) :]
 
 
+def test_the_tokenizers_own_special_tokens_wrap_the_whole_conversation():
+    from tokenizers.processors import TemplateProcessing
+
+    tokenizer = char_tokenizer()  # a tokenizer that puts <|endoftext|> (id 0) before any text, as BOS
+    tokenizer._tokenizer.post_processor = TemplateProcessing(
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", 0)]
+    )
+    injected = render_conversation(tokenizer, [Message("user", EVIL)]).encode(tokenizer, add_special_tokens=True)
+    assert injected == [0] + chatml_ids(tokenizer, [("user", EVIL)])
+    clean = render_conversation(tokenizer, [Message("user", "Hello")])
+    assert clean.encode(tokenizer, add_special_tokens=True) == tokenizer(clean.text)["input_ids"]
+
+
 def test_templates_that_trim_text_are_followed_and_ones_that_rewrite_it_refused():
     tokenizer = char_tokenizer()
     tokenizer.chat_template = (
