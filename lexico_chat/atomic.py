@@ -53,22 +53,20 @@ def check_writable(path: str | os.PathLike) -> Path:
     """Refuse (SaveError) a target that a later ``write_atomic(path, ...)`` could not write: a folder, a
     path under a file, a folder where no file can be created. Creates nothing that stays."""
     path = _target(path)
-    folder = next(parent for parent in path.parents if parent.exists())
-    if folder != path.parent:  # write_atomic will create the missing folders
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise SaveError(f"cannot save to {path}: cannot create folders in {folder} (permission denied)")
-        return path
-    _create_temp(path, 0o600).unlink()
+    folder = next(parent for parent in path.parents if parent.exists())  # write_atomic creates the missing ones
+    _create_temp(path, 0o600, folder).unlink()
     return path
 
 
-def _create_temp(path: Path, mode: int) -> Path:
-    """A new empty temporary file beside ``path`` (``mode`` less the umask), or SaveError."""
-    tmp = _temp_path(path)
+def _create_temp(path: Path, mode: int, folder: Path | None = None) -> Path:
+    """A new empty temporary file for ``path`` in ``folder`` (default: beside it), ``mode`` less the umask; or
+    SaveError."""
+    folder = path.parent if folder is None else folder
+    tmp = folder / _temp_path(path).name
     try:
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
     except OSError as err:
-        raise SaveError(f"cannot save to {path}: cannot create files in {path.parent} ({_cause(err)})") from None
+        raise SaveError(f"cannot save to {path}: cannot create files in {folder} ({_cause(err)})") from None
     return tmp
 
 

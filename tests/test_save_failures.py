@@ -17,6 +17,7 @@ import pytest
 from lexico_chat.atomic import TEMP_SUFFIX, check_writable, write_atomic
 from lexico_chat.engine.session_file import read_session_file
 from lexico_chat.errors import SaveError
+from tests.test_server_support import messages, tiny_engine, tiny_server
 from tests.tiny_cli import (
     FLAGS,
     assert_one_line_error,
@@ -143,6 +144,8 @@ def test_check_writable_creates_nothing(tmp_path):
     assert check_writable(tmp_path / "new" / "deeper" / "s.lexico") == tmp_path / "new" / "deeper" / "s.lexico"
     assert check_writable(tmp_path / "s.lexico") == tmp_path / "s.lexico"
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(SaveError, match="cannot create files in /proc"):  # a missing folder under /proc
+        check_writable("/proc/new/s.lexico")
 
 
 @pilot_test
@@ -165,3 +168,23 @@ async def test_the_tui_keeps_the_session_and_offers_another_path(tmp_path, monke
         await wait_for(pilot, lambda: engine.methods().count("save") == 2 and not app.chat.working)
         assert engine.calls[-1] == ("save", offered.removeprefix("/save "))
         assert any(message.startswith("Session saved to") for _, message in app.notes)
+
+
+def test_the_server_answers_a_failed_save_with_its_cause(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    sessions = tmp_path / "a-file" / "sessions"
+    server = tiny_server(*tiny_engine(), tmp_path, session_dir=sessions)
+    try:
+        reply = server.openai().chat.completions.create(model="tiny-llama", messages=messages("Hi."), max_tokens=2)
+        with server.http() as http:
+            response = http.post("/v1/lexico/sessions/chat", json={"completion_id": reply.id})
+            follow = messages("Hi.", reply.choices[0].message.content, "More.")
+            again = server.openai().chat.completions.create(model="tiny-llama", messages=follow, max_tokens=2)
+    finally:
+        server.stop()
+    error = response.json()["error"]
+    assert response.status_code == 500 and error["code"] == "save_failed"
+    assert (
+        error["message"] == f"cannot save to {sessions / 'chat.lexico'}: {tmp_path / 'a-file'} is a file, not a folder"
+    )
+    assert again.usage.prompt_tokens_details.cached_tokens > 0  # the conversation is still cached
