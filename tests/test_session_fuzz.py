@@ -185,11 +185,17 @@ def tensor_mutations(world: World) -> list:
     cases += [(f"token_ids[mid]={v}", _tensor("token_ids", _poke(v))) for v in (-1, 128, 2**40)]
     cases += [("token_ids one short", _tensor("token_ids", lambda x: x[:-1])),
               ("token_ids one more", _tensor("token_ids", lambda x: torch.cat([x, x[-1:]]))),
-              ("extra tensor", lambda meta, tensors: tensors.update(junk=torch.zeros(3)))]  # fmt: skip
+              ("extra tensor", lambda meta, tensors: tensors.update(junk=torch.zeros(3))),
+              ("no rotary table", _drop_rope)]  # fmt: skip
     for layer in sorted({n.split(".")[0] for n in tensors if n.startswith("layer")}):
         parts = [n for n in tensors if n.startswith(f"{layer}.")]
         cases.append((f"{layer} one token short", _shorten(parts)))
     return cases
+
+
+def _drop_rope(meta, tensors) -> None:
+    for name in ("rope.cos", "rope.sin"):
+        tensors.pop(name, None)
 
 
 def _shorten(names: list[str]):
