@@ -70,8 +70,13 @@ def run(args: argparse.Namespace) -> int:
         if args.save or args.json:
             raise LexicoError("--save and --json need --prompt (the UI saves with /save)")
         return _run_tui(args)
+    from lexico_chat.atomic import check_writable
     from lexico_chat.engine import load_session
 
+    if not args.prompt.strip():
+        raise LexicoError("--prompt is empty: give the message to answer")
+    if args.save:
+        check_writable(args.save)  # a target that cannot be written fails before the model loads
     sampling = _sampling(args)
     options = session_options(args)
     if args.doc:

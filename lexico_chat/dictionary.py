@@ -15,9 +15,8 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from lexico_chat.atomic import write_atomic
+from lexico_chat.atomic import write_safetensors
 from lexico_chat.errors import LexicoError
 from lexico_chat.rope import KEY_SPACES
 
@@ -124,7 +123,7 @@ class LexicoDictionary:
         tensors = {
             name: getattr(self, name).detach().to("cpu", torch.float16).contiguous() for name in ("keys", "values")
         }
-        return write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"lexico": self.meta.to_json()}))
+        return write_safetensors(path, tensors, metadata={"lexico": self.meta.to_json()})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LexicoDictionary:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["LexicoError", "MissingDictionaryError"]
+__all__ = ["LexicoError", "MissingDictionaryError", "SaveError"]
 
 
 class LexicoError(Exception):
@@ -34,3 +34,8 @@ class MissingDictionaryError(LexicoError):
     def __init__(self, message: str, *, model_id: str, atoms: int, command: str, estimate: str) -> None:
         super().__init__(message)
         self.model_id, self.atoms, self.command, self.estimate = model_id, atoms, command, estimate
+
+
+class SaveError(LexicoError):
+    """A file could not be written (no permission, disk full, a folder in the way): the message names the
+    path and the cause. What was being saved is still in memory, so a UI can offer another path."""

@@ -7,14 +7,25 @@ from pathlib import Path
 
 from lexico_chat.errors import LexicoError
 
-__all__ = ["read_text", "read_corpus"]
+__all__ = ["read_text", "read_corpus", "regular_file"]
+
+
+def regular_file(path: str | os.PathLike, what: str) -> Path:
+    """``path`` expanded, when it names a regular file; else LexicoError saying what it is instead (``what``
+    names the expected file, e.g. "text file"). Never opens it, so a FIFO cannot block."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise LexicoError(f"{path} is a directory; give a {what}")
+    if path.exists() and not path.is_file():
+        raise LexicoError(f"{path} is not a regular file (a FIFO, socket or device); give a {what}")
+    if not path.is_file():
+        raise LexicoError(f"{what} not found: {path}")
+    return path
 
 
 def read_text(path: str | os.PathLike) -> str:
-    """Read one UTF-8 text file; missing, empty, binary or non-UTF-8 files raise LexicoError."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise LexicoError(f"text file not found: {path}")
+    """Read one UTF-8 text file; missing, empty, binary or non-UTF-8 files, folders and FIFOs raise LexicoError."""
+    path = regular_file(path, "text file")
     data = path.read_bytes()
     if b"\x00" in data[:65536]:
         raise LexicoError(f"{path} looks binary (it contains NUL bytes); give a UTF-8 text file")

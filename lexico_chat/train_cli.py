@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from lexico_chat.textfile import read_corpus
     from lexico_chat.training.trainer import TrainConfig, train_dictionary
 
+    texts = read_corpus(args.corpus)  # an empty or missing corpus is named before any setting is judged
     config = TrainConfig(
         atoms=args.atoms,
         sparsity=args.sparsity,
@@ -60,7 +61,6 @@ def run(args: argparse.Namespace) -> int:
         key_space=args.key_space.replace("-", "_"),
         values_from=args.values_from,
     )
-    texts = read_corpus(args.corpus)
     loaded = load_model(args.model, device=args.device)
     bar = StageBar()
     start = time.perf_counter()

@@ -132,3 +132,14 @@ def lexico_generate(model: torch.nn.Module, input_ids: torch.Tensor, new_tokens:
         return model.generate(
             input_ids, past_key_values=cache, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
         )
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tiny-model work on one CPU thread (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    at these sizes threads only add overhead, and on a loaded 2-core machine their spinning makes each forward
+    call many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,5 +1,7 @@
 """Dictionary files: round trip, validation, lookup, atomic writes."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -82,11 +84,11 @@ def test_interrupted_save_keeps_earlier_file(tmp_path, monkeypatch):
     _dictionary().save(path)
     before = path.read_bytes()
 
-    def broken(tensors, filename, metadata=None):
-        open(filename, "wb").write(b"partial")
+    def broken(self, data):  # the write of the bytes is interrupted half-way
+        open(self, "wb").write(data[: len(data) // 2])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("lexico_chat.dictionary.save_file", broken)
+    monkeypatch.setattr(Path, "write_bytes", broken)
     with pytest.raises(KeyboardInterrupt):
         _dictionary(n=16).save(path)
     assert path.read_bytes() == before

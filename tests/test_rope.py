@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from transformers import DynamicCache
 
 from lexico_chat.cache import LexicoCache
 from lexico_chat.config import CacheConfig
@@ -78,8 +77,7 @@ def test_memory_counts_the_table_and_state_round_trips(tiny_model):
         a = model(follow, past_key_values=cache).logits
         b = model(follow, past_key_values=restored).logits
     torch.testing.assert_close(a, b, rtol=0, atol=0)
-    with pytest.raises(ValueError, match="pre-RoPE"):
-        import_cache(DynamicCache(config=model.config), tensors, facts, torch.device("cpu"))
+    # a file whose rotary table disagrees with the cache is refused before import_cache: test_session_fuzz.py
 
 
 def test_empty_pre_rope_cache_round_trips(tiny_model):

@@ -11,7 +11,7 @@ from lexico_chat.memory import Memory
 from lexico_chat.tui.commands import CommandLine, default_session_path
 from lexico_chat.tui.format import describe, human_bytes, pack_segments, ratio_text, status_segments
 from lexico_chat.tui.widgets.user_message import elide
-from tests.tui_fake import fake_stats
+from tests.tui_fake import empty_stats, fake_stats
 
 
 @pytest.mark.parametrize(
@@ -27,6 +27,8 @@ def test_ratio_follows_kv_fraction() -> None:
     assert ratio_text(fake_stats(kv_fraction=0.125)) == "12.5% of fp16 · 8.0× smaller"
     assert ratio_text(fake_stats(kv_fraction=1.0)) == "100.0% of fp16 · 1.0× smaller"
     assert ratio_text(fake_stats(kv_fraction=0.0)) == "0.0% of fp16 · inf× smaller"
+    assert ratio_text(empty_stats()) == "—"  # an empty cache has no ratio (not "100.0% · 1.0×")
+    assert "KV 0 B (fp16 0 B) │ — │ 0 compressed + 0 buffer tok" in " │ ".join(status_segments(empty_stats()))
 
 
 def test_empty_cache_shows_no_ratio() -> None:

@@ -15,7 +15,7 @@ from lexico_chat.tui.screens.stats import StatsScreen
 from lexico_chat.tui.widgets.assistant_message import AssistantMessage
 from lexico_chat.tui.widgets.prompt_input import PromptInput
 from lexico_chat.tui.widgets.status_bar import StatusBar
-from tests.tui_fake import FakeEngine, fake_stats, missing_dictionary_factory
+from tests.tui_fake import FakeEngine, empty_stats, fake_stats, missing_dictionary_factory
 
 SIZE = (100, 32)
 INTERVAL = 3600.0  # no timer refresh during a snapshot: the figures come from the first fetch only
@@ -59,6 +59,12 @@ def test_status_bar_gpu_narrow(snap_compare) -> None:
     gpu = fake_stats(gpu_used_bytes=5 << 29, gpu_total_bytes=80 << 30, torch_allocated_bytes=3 << 28)
     app = LexicoApp(lambda: FakeEngine(stats_values=gpu), stats_interval=INTERVAL)
     assert snap_compare(app, terminal_size=(80, 24), run_before=settle)
+
+
+def test_status_bar_empty_cache(snap_compare) -> None:
+    """Before the first message the ratio is "—", not "100.0% of fp16 · 1.0× smaller"."""
+    app = LexicoApp(lambda: FakeEngine(stats_values=empty_stats()), stats_interval=INTERVAL)
+    assert snap_compare(app, terminal_size=SIZE, run_before=settle)
 
 
 def test_stats_screen(snap_compare) -> None:

@@ -43,6 +43,12 @@ def fake_stats(kv_fraction: float = 0.125, **changes) -> SessionStats:
     return replace(base, **changes)
 
 
+def empty_stats(**changes) -> SessionStats:
+    """The figures of a session with nothing in its cache yet (four empty layers; kv_fraction None)."""
+    memory = Memory(tuple(LayerMemory(i, "empty") for i in range(4)))
+    return fake_stats(**{"memory": memory, "context_tokens": 0, "prefill_tps": 0.0, "decode_tps": 0.0, **changes})
+
+
 @dataclass
 class FakeEngine:
     """Implements ``ChatEngine``. ``calls`` records (method, args); ``fail`` maps a method name to the

@@ -22,7 +22,7 @@ from lexico_chat.engine.sampling import next_token
 from lexico_chat.engine.state import ConversationState
 from lexico_chat.engine.stats import session_stats
 from lexico_chat.engine.sysstats import release_free_memory
-from lexico_chat.engine.template import render, stop_token_ids
+from lexico_chat.engine.template import render, render_conversation, stop_token_ids
 from lexico_chat.engine.types import IngestProgress, Message, SamplingConfig, SessionStats, TurnUsage
 from lexico_chat.errors import LexicoError
 from lexico_chat.models import LoadedModel
@@ -168,16 +168,15 @@ class ChatSession:
 
     def _new_tokens(self, messages: list[Message]) -> tuple[list[int], str]:
         """Token ids still to feed: the rendered conversation minus what the cache holds."""
-        text = render(self.loaded.tokenizer, messages)
+        tokenizer = self.loaded.tokenizer
+        rendered = render_conversation(tokenizer, messages)  # message text stays plain text (no template tokens)
+        text = rendered.text
         if not text.startswith(self.cached_text):
             logger.info("template output diverges from the cached text: rebuilding the cache")
             self._reset_cache()
-        suffix = text[len(self.cached_text) :]
-        ids = self.loaded.tokenizer(
-            suffix,
-            add_special_tokens=not self.cached_ids and not text.startswith(self.loaded.tokenizer.bos_token or "\0"),
-        )["input_ids"]
-        return list(ids), suffix
+        start = len(self.cached_text)
+        first = not self.cached_ids and not text.startswith(tokenizer.bos_token or "\0")
+        return rendered.encode(tokenizer, start, add_special_tokens=first), text[start:]
 
     def _check_budget(self, new: int, reply: int) -> None:
         need = len(self.cached_ids) + new + reply

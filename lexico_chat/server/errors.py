@@ -9,7 +9,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from lexico_chat.errors import LexicoError
+from lexico_chat.errors import LexicoError, SaveError
 
 __all__ = ["ApiError", "bad_request", "error_body", "exception_handlers"]
 
@@ -52,8 +52,10 @@ def bad_request(message: str, param: str | None = None, code: str | None = "inva
 
 
 def from_lexico(err: LexicoError, param: str | None = "messages") -> ApiError:
-    """A user mistake the engine found (empty message, context overflow, mismatched session file)."""
+    """A user mistake the engine found (empty message, context overflow, mismatched session file), or a failed save."""
     text = str(err)
+    if isinstance(err, SaveError):  # the server's disk, not the request, is at fault
+        return ApiError(500, text, param=None, code="save_failed")
     code = "context_length_exceeded" if "context" in text and "tokens" in text else "invalid_value"
     return ApiError(400, text, param=param, code=code)
 

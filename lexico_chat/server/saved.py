@@ -38,9 +38,8 @@ class SavedSessions:
         return path
 
     def for_writing(self, session_id: str) -> Path:
-        path = self.path(session_id)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        return path
+        """The file of ``session_id``; the save creates the folder (a failure is a SaveError naming the cause)."""
+        return self.path(session_id)
 
     def describe(self, session_id: str) -> dict:
         stat = self.path(session_id, must_exist=True).stat()

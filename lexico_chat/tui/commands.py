@@ -12,7 +12,15 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 from lexico_chat.errors import LexicoError
 
-__all__ = ["COMMANDS", "SlashCommand", "CommandLine", "SlashCommandProvider", "default_session_path", "help_markdown"]
+__all__ = [
+    "COMMANDS",
+    "SlashCommand",
+    "CommandLine",
+    "SlashCommandProvider",
+    "default_session_path",
+    "help_markdown",
+    "other_session_path",
+]
 
 DEFAULT_QUESTION = "Summarise this document."
 
@@ -97,6 +105,15 @@ def default_session_path(now: float | None = None) -> Path:
     data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
     return data_home / "lexico-chat" / "sessions" / f"session-{stamp}.lexico"
+
+
+def other_session_path(failed: Path | None, now: float | None = None) -> Path:
+    """Where to offer saving after a save to ``failed`` did not work: the default timestamped path, or a file of
+    that name in the home folder when the default itself failed."""
+    default = default_session_path(now)
+    if failed is not None and failed.parent == default.parent:
+        return Path.home() / default.name
+    return default
 
 
 def help_markdown() -> str:

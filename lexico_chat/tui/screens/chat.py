@@ -22,7 +22,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header
 
 from lexico_chat.engine.types import ChatEngine, IngestProgress, SamplingConfig
-from lexico_chat.errors import LexicoError
+from lexico_chat.errors import LexicoError, SaveError
 from lexico_chat.tui import commands
 from lexico_chat.tui.commands import CommandLine, SlashCommandProvider
 from lexico_chat.tui.format import describe
@@ -66,6 +66,7 @@ class ChatScreen(Screen):
         self.working = False  # an exclusive engine command (save, resume, ...) is running
         self._cancel_requested = False
         self.load_failed = False
+        self._save_path: Path | None = None  # the target of the last /save (another is offered when it fails)
 
     def compose(self) -> ComposeResult:
         yield Header(icon="≋")
@@ -195,6 +196,7 @@ class ChatScreen(Screen):
     async def _command_save(self, line: CommandLine) -> None:
         engine = self._idle_engine()
         path = Path(line.path()) if line.args else commands.default_session_path()
+        self._save_path = path
         self._engine_call("save", lambda: _save(engine, path, make_parent=not line.args))
 
     async def _command_resume(self, line: CommandLine) -> None:
@@ -248,10 +250,19 @@ class ChatScreen(Screen):
 
     def on_chat_screen_command_failed(self, event: CommandFailed) -> None:
         self.working = self.working and not event.exclusive
-        self.notify(f"/{event.name}: {event.message}", severity="error", markup=False)
+        if event.name != "save":
+            self.notify(f"/{event.name}: {event.message}", severity="error", markup=False)
+            return
+        other = str(commands.other_session_path(self._save_path))
+        self.prefill_prompt(f'/save "{other}"' if " " in other else f"/save {other}")
+        message = f"/save: {event.message}. The conversation is kept: edit the path in the prompt and press Enter."
+        self.notify(message, severity="error", markup=False)
 
 
 def _save(engine: ChatEngine, path: Path, make_parent: bool) -> str:
     if make_parent:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise SaveError(f"cannot save to {path}: cannot create {path.parent} ({err.strerror})") from None
     return engine.save(str(path))

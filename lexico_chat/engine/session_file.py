@@ -1,0 +1,349 @@
+"""Saved session files read as untrusted input: nothing is built from a file until all of it is checked.
+
+A session file can come from another machine or another person. Its sha256 (over the metadata and every
+tensor) catches accidental damage: truncation, flipped bytes, a partial copy. It is no signature: whoever
+edits a file can recompute it. What makes a crafted file harmless is the validation here.
+
+* ``read_session_file(path)`` -> ``SavedSession``: the file parses as safetensors, has this format and
+  passes its checksum; every metadata field has its type and range (the cache settings through
+  ``CacheConfig``); the tensors are exactly those the layer facts name, with their dtypes and ranks, finite
+  values within fp16's range (``MAX_MAGNITUDE``) and atom indices in [0, N); and they agree with each other:
+  per layer, compressed + buffered tokens = cached positions = the number of token ids, and the rotary
+  table covers the same tokens.
+* ``check_fits(saved, session, cache)``: the file fits the session that would load it: the model, the cache
+  settings and dictionary, each layer's kind (compressed, full, sliding window), batch 1, the KV heads,
+  head_dim and sparsity of every tensor, the storage dtypes the session's cache uses, the compression
+  schedule, token ids inside the vocabulary, the context length.
+
+Every defect raises one ``LexicoError`` naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+import torch
+from safetensors import safe_open
+
+from lexico_chat.cache.layer import LexicoLayer, torch_dtype
+from lexico_chat.config import CacheConfig
+from lexico_chat.dictionary import model_slug
+from lexico_chat.engine.cache_state import DENSE_PARTS, LEXICO_PARTS
+from lexico_chat.engine.types import Message
+from lexico_chat.errors import LexicoError
+from lexico_chat.textfile import regular_file
+
+__all__ = [
+    "SESSION_FORMAT",
+    "META_KEY",
+    "MAX_MAGNITUDE",
+    "SavedSession",
+    "check_fits",
+    "digest",
+    "read_session_file",
+    "session_settings",
+]
+
+SESSION_FORMAT = 2  # 2: settings are the CacheConfig fields (format 1 had a subset under other names)
+META_KEY = "lexico_session"
+MAX_MAGNITUDE = 65504.0  # the largest fp16 value: no K/V entry exceeds what the fp16 cache it replaces holds
+_MAX_INT = 2**31 - 1
+_ROLES = ("system", "user", "assistant")
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
+_TOP_LEVEL = {"format", "model_id", "settings", "transcript", "cached_text", "layers"}
+_LAYER_KEYS = {"empty": {"kind"}, "lexico": {"kind"}, "dense": {"kind", "seen"}}
+
+
+@dataclass(frozen=True)
+class SavedSession:
+    """A session file's checked contents. ``tensors``: ``token_ids`` (T,) int64 and, per non-empty layer i,
+    ``layer{i}.<part>`` (``LEXICO_PARTS`` or ``DENSE_PARTS``), plus ``rope.cos`` / ``rope.sin`` (1, T, m/2)
+    for a pre-RoPE cache; ``layers``: one fact per layer ({"kind": "empty" | "lexico" | "dense", ...})."""
+
+    path: Path
+    model_id: str
+    settings: dict
+    transcript: list[Message]
+    cached_text: str
+    layers: list[dict]
+    tensors: dict[str, torch.Tensor]
+
+    @property
+    def length(self) -> int:
+        """Tokens the saved cache holds (= cached positions of every layer)."""
+        return self.tensors["token_ids"].numel()
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.tensors["token_ids"].tolist()
+
+
+def session_settings(session) -> dict:
+    """The cache settings a resume must match: every CacheConfig field (only the kind for a full cache)
+    and the dictionary's fingerprint."""
+    config = session.options.cache
+    if not config.lexico:
+        return {"kind": config.kind, "dictionary": None}
+    return {**config.settings(), "dictionary": session.dictionary.fingerprint()}
+
+
+def digest(tensors: dict[str, torch.Tensor], meta: dict) -> str:
+    """sha256 over the metadata (without its ``sha256``) and every tensor's name, dtype, shape and bytes."""
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class _Check:
+    """Raises the one-line error for the file at ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, what: str) -> NoReturn:
+        raise LexicoError(f"{self.path} is not a valid lexico-chat session: {what}")
+
+    def that(self, ok: bool, what: str) -> None:
+        if not ok:
+            self.fail(what)
+
+    def fields(self, value, name: str, expected: set[str]) -> None:
+        self.that(isinstance(value, dict), f"{name} must be an object, got {type(value).__name__}")
+        missing, extra = sorted(expected - value.keys()), sorted(value.keys() - expected)
+        self.that(not missing, f"{name} lacks {', '.join(missing)}")
+        self.that(not extra, f"{name} has unknown fields {', '.join(extra)[:80]}")
+
+    def integer(self, value, name: str, low: int = 0, high: int = _MAX_INT) -> None:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        self.that(ok and low <= value <= high, f"{name} must be an integer in [{low}, {high}], got {value!r:.40}")
+
+    def string(self, value, name: str) -> None:
+        self.that(isinstance(value, str), f"{name} must be a string, got {type(value).__name__}")
+
+    def tensor(self, t: torch.Tensor, name: str, dtypes: tuple, ndim: int) -> None:
+        self.that(t.dtype in dtypes, f"{name} has dtype {t.dtype}, expected {' or '.join(map(str, dtypes))}")
+        self.that(t.ndim == ndim, f"{name} has shape {tuple(t.shape)}, expected {ndim} dimensions")
+        if t.is_floating_point() and t.numel():
+            x = t.float()
+            self.that(bool(torch.isfinite(x).all()), f"{name} holds NaN or infinite values")
+            self.that(float(x.abs().max()) <= MAX_MAGNITUDE, f"{name} holds values beyond ±{MAX_MAGNITUDE:g}")
+
+    def shape(self, t: torch.Tensor, name: str, expected: tuple) -> None:
+        self.that(tuple(t.shape) == tuple(expected), f"{name} has shape {tuple(t.shape)}, expected {tuple(expected)}")
+
+
+# ----- reading: the file agrees with itself ---------------------------------------------------------------------
+def read_session_file(path: str | os.PathLike) -> SavedSession:
+    """The checked contents of a session file; any defect raises one LexicoError."""
+    path = regular_file(path, "session file")
+    check = _Check(path)
+    tensors, meta = _parse(path)
+    check.that(isinstance(meta, dict), f"its metadata is a {type(meta).__name__}, not an object")
+    found = meta.get("format")
+    if type(found) is not int or found != SESSION_FORMAT:  # not 2.0, not True
+        raise LexicoError(f"{path} has session format {found!r:.20}; this version reads {SESSION_FORMAT}")
+    claimed = meta.pop("sha256", None)
+    if claimed != digest(tensors, meta):
+        raise LexicoError(f"{path} fails its checksum: the file was modified or damaged")
+    _check_meta(check, meta)
+    config = CacheConfig(**_config_fields(meta["settings"])) if meta["settings"]["kind"] == "lexico" else None
+    _check_tensors(check, tensors, meta["layers"], config)
+    transcript = [Message(m["role"], m["content"]) for m in meta["transcript"]]
+    model_id, settings, text, layers = meta["model_id"], meta["settings"], meta["cached_text"], meta["layers"]
+    return SavedSession(path, model_id, settings, transcript, text, layers, tensors)
+
+
+def _parse(path: Path) -> tuple[dict[str, torch.Tensor], object]:
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            text = (fh.metadata() or {}).get(META_KEY)
+            tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+    except Exception as err:  # noqa: BLE001 - every parse failure means the same to the user
+        raise LexicoError(
+            f"{path} is not a readable lexico-chat session (truncated or corrupt: {type(err).__name__})"
+        ) from None
+    if text is None:
+        raise LexicoError(f"{path} is a safetensors file but not a lexico-chat session (no {META_KEY!r} metadata)")
+    try:
+        return tensors, json.loads(text)
+    except ValueError:
+        raise LexicoError(f"{path} is not a readable lexico-chat session (its metadata is not JSON)") from None
+
+
+def _config_fields(settings: dict) -> dict:
+    return {name: value for name, value in settings.items() if name != "dictionary"}
+
+
+def _check_meta(check: _Check, meta: dict) -> None:
+    check.fields(meta, "the metadata", _TOP_LEVEL)
+    check.string(meta["model_id"], "model_id")
+    check.that(0 < len(meta["model_id"]) <= 1000, "model_id must have 1 to 1000 characters")
+    _check_settings(check, meta["settings"])
+    transcript = meta["transcript"]
+    check.that(isinstance(transcript, list), f"transcript must be a list, got {type(transcript).__name__}")
+    for i, message in enumerate(transcript):
+        check.fields(message, f"transcript[{i}]", {"role", "content"})
+        check.that(message["role"] in _ROLES, f"transcript[{i}].role must be one of {list(_ROLES)}")
+        check.string(message["content"], f"transcript[{i}].content")
+    check.string(meta["cached_text"], "cached_text")
+    layers = meta["layers"]
+    check.that(isinstance(layers, list) and 0 < len(layers) <= 10_000, "layers must be a list of 1 to 10000 facts")
+    for i, fact in enumerate(layers):
+        check.that(isinstance(fact, dict) and fact.get("kind") in _LAYER_KEYS, f"layers[{i}] has no valid kind")
+        check.fields(fact, f"layers[{i}]", _LAYER_KEYS[fact["kind"]])
+        if fact["kind"] == "dense":
+            check.integer(fact["seen"], f"layers[{i}].seen")
+
+
+def _check_settings(check: _Check, settings) -> None:
+    check.that(isinstance(settings, dict), f"settings must be an object, got {type(settings).__name__}")
+    kind = settings.get("kind")
+    check.that(kind in ("lexico", "full"), f"settings.kind must be 'lexico' or 'full', got {str(kind)[:40]!r}")
+    if kind == "full":
+        check.fields(settings, "settings", {"kind", "dictionary"})
+        check.that(settings["dictionary"] is None, "settings.dictionary must be null for a full cache")
+        return
+    check.fields(settings, "settings", set(CacheConfig.__dataclass_fields__) | {"dictionary"})
+    fingerprint = settings["dictionary"]
+    check.that(
+        isinstance(fingerprint, str) and len(fingerprint) == 64 and all(c in "0123456789abcdef" for c in fingerprint),
+        "settings.dictionary must be a sha256 hex digest",
+    )
+    for name in ("sparsity", "atoms", "buffer", "window"):
+        check.integer(settings[name], f"settings.{name}")
+    try:
+        CacheConfig(**_config_fields(settings))
+    except LexicoError as err:
+        check.fail(f"settings: {err}")
+
+
+def _check_tensors(check: _Check, tensors: dict, layers: list[dict], config: CacheConfig | None) -> None:
+    rope = {"rope.cos", "rope.sin"}
+    expected = {"token_ids"} | (rope if rope & tensors.keys() else set())
+    for i, fact in enumerate(layers):
+        parts = {"lexico": LEXICO_PARTS, "dense": DENSE_PARTS}.get(fact["kind"], ())
+        expected |= {f"layer{i}.{part}" for part in parts}
+    missing, extra = sorted(expected - tensors.keys()), sorted(tensors.keys() - expected)
+    check.that(not missing, f"tensors {', '.join(missing)[:80]} are missing")
+    check.that(not extra, f"unexpected tensors {', '.join(extra)[:80]}")
+    ids = tensors["token_ids"]
+    check.tensor(ids, "token_ids", (torch.int64,), 1)
+    length = ids.numel()
+    check.that(length <= _MAX_INT and (length == 0 or int(ids.min()) >= 0), "token_ids must be >= 0")
+    empty = [fact["kind"] == "empty" for fact in layers]
+    check.that(all(empty) if length == 0 else not any(empty), "every layer must hold the tokens of token_ids")
+    for i, fact in enumerate(layers):
+        if fact["kind"] == "lexico":
+            check.that(config is not None, f"layer {i} is compressed but the settings are of a full cache")
+            _check_lexico_layer(check, i, [tensors[f"layer{i}.{p}"] for p in LEXICO_PARTS], config, length)
+        elif fact["kind"] == "dense":
+            _check_dense_layer(check, i, tensors[f"layer{i}.keys"], tensors[f"layer{i}.values"], fact["seen"], length)
+    if "rope.cos" in tensors:
+        check.that(config is not None and length > 0, "a rotary table belongs only to a compressed cache with tokens")
+        cos, sin = tensors["rope.cos"], tensors["rope.sin"]
+        for name, t in (("rope.cos", cos), ("rope.sin", sin)):
+            check.tensor(t, name, (torch.float16, torch.float32), 3)  # fp16; fp32 under lossless settings
+            check.shape(t, name, (cos.shape[0], length, cos.shape[2]))
+
+
+def _check_lexico_layer(check: _Check, i: int, parts: list[torch.Tensor], config: CacheConfig, length: int) -> None:
+    key_idx, key_coef, value_idx, value_coef, key_buffer, value_buffer = parts
+    check.tensor(key_idx, f"layer{i}.key_idx", (torch.int16,), 4)
+    check.tensor(key_buffer, f"layer{i}.key_buffer", _FLOATS, 4)
+    b, h, compressed, _ = key_idx.shape
+    coef_dtype = torch_dtype(config.coef_dtype)
+    for name, idx, coef, s in (
+        ("key", key_idx, key_coef, config.sparsity_k),
+        ("value", value_idx, value_coef, config.sparsity_v),
+    ):
+        check.tensor(idx, f"layer{i}.{name}_idx", (torch.int16,), 4)
+        check.tensor(coef, f"layer{i}.{name}_coef", (coef_dtype,), 4)
+        check.that(
+            idx.shape[-1] == s, f"layer{i}.{name}_idx holds {idx.shape[-1]} atoms per vector, the settings say {s}"
+        )
+        check.shape(idx, f"layer{i}.{name}_idx", (b, h, compressed, s))
+        check.shape(coef, f"layer{i}.{name}_coef", (b, h, compressed, s))
+        low, high = (int(idx.min()), int(idx.max())) if idx.numel() else (0, 0)
+        check.that(low >= 0 and high < config.atoms, f"layer{i}.{name}_idx holds atoms outside [0, {config.atoms})")
+    for name, buffer in (("key_buffer", key_buffer), ("value_buffer", value_buffer)):
+        check.tensor(buffer, f"layer{i}.{name}", (key_buffer.dtype,), 4)
+        check.shape(buffer, f"layer{i}.{name}", (b, h, length - compressed, key_buffer.shape[3]))
+
+
+def _check_dense_layer(check: _Check, i: int, keys: torch.Tensor, values: torch.Tensor, seen: int, length: int) -> None:
+    check.tensor(keys, f"layer{i}.keys", _FLOATS, 4)
+    check.tensor(values, f"layer{i}.values", (keys.dtype,), 4)
+    check.shape(values, f"layer{i}.values", keys.shape)
+    check.that(seen == length, f"layers[{i}].seen is {seen} but token_ids holds {length} tokens")
+    check.that(0 < keys.shape[2] <= length, f"layer{i}.keys holds {keys.shape[2]} tokens of {length}")
+
+
+# ----- fitting: the file agrees with the session that loads it --------------------------------------------------
+def check_fits(saved: SavedSession, session, cache) -> None:
+    """Refuse (LexicoError) ``saved`` unless it can fill ``cache``, a fresh cache of ``session`` (a ChatSession)."""
+    path, model_id = saved.path, session.loaded.model_id
+    if model_slug(saved.model_id) != model_slug(model_id):
+        raise LexicoError(f"{path} was saved with model {saved.model_id[:200]}, not {model_id}")
+    _check_same_settings(path, saved.settings, session_settings(session))
+    check, length = _Check(path), saved.length
+    layers = len(cache.layers)
+    check.that(len(saved.layers) == layers, f"it has {len(saved.layers)} layers, this model {layers}")
+    for i, (fact, layer) in enumerate(zip(saved.layers, cache.layers)):
+        if fact["kind"] != "empty":
+            _fit_layer(check, i, fact["kind"], layer, saved, session)
+    table = getattr(cache, "rope_table", None)
+    rope = table is not None and length > 0
+    check.that(("rope.cos" in saved.tensors) == rope, "the file and this cache disagree on pre-RoPE key coding")
+    if rope:
+        check.shape(saved.tensors["rope.cos"], "rope.cos", (1, length, session.loaded.dims.head_dim // 2))
+    vocab = session.loaded.model.get_input_embeddings().num_embeddings
+    highest = int(saved.tensors["token_ids"].max()) if length else 0
+    check.that(highest < vocab, f"token_ids hold {highest}, beyond the vocabulary of {vocab}")
+    limit = session.max_positions
+    check.that(length <= limit, f"it holds {length} tokens, the model's context is {limit}")
+
+
+def _fit_layer(check: _Check, i: int, kind: str, layer, saved: SavedSession, session) -> None:
+    """Layer ``i`` of the file (``kind`` "lexico" or "dense") against ``layer`` of the fresh cache."""
+    compressed = isinstance(layer, LexicoLayer)
+    wanted = "lexico" if compressed else "dense"
+    check.that(kind == wanted, f"layer {i} is {kind} in the file but {wanted} in this cache")
+    t = {name.split(".", 1)[1]: x for name, x in saved.tensors.items() if name.startswith(f"layer{i}.")}
+    dims, length = session.loaded.dims, saved.length
+    model_dtype = next(session.loaded.model.parameters()).dtype
+    if not compressed:
+        window = getattr(layer, "sliding_window", None)
+        held = length if window is None else min(length, window - 1)
+        check.shape(t["keys"], f"layer{i}.keys", (1, dims.num_kv_heads, held, dims.head_dim))
+        check.that(t["keys"].dtype == model_dtype, f"layer{i}.keys is {t['keys'].dtype}; the model is {model_dtype}")
+        return
+    atoms, done = session.dictionary.meta.atoms, t["key_idx"].shape[2]
+    for name in ("key_idx", "value_idx"):
+        high = int(t[name].max()) if t[name].numel() else 0
+        check.that(high < atoms, f"layer{i}.{name} holds atom {high}; the dictionary has {atoms}")
+    check.shape(t["key_idx"], f"layer{i}.key_idx", (1, dims.num_kv_heads, done, layer.key_sparsity))
+    check.shape(t["value_idx"], f"layer{i}.value_idx", (1, dims.num_kv_heads, done, layer.value_sparsity))
+    check.shape(t["key_buffer"], f"layer{i}.key_buffer", (1, dims.num_kv_heads, length - done, dims.head_dim))
+    held = layer.buffer_dtype_for(model_dtype)
+    check.that(
+        t["key_buffer"].dtype == held, f"layer{i}.key_buffer is {t['key_buffer'].dtype}; this cache holds {held}"
+    )
+    expected = layer.compressed_limit(length - 1)
+    check.that(done == expected, f"layer {i} has {done} of {length} tokens compressed, not {expected}")
+
+
+def _check_same_settings(path: Path, saved: dict, mine: dict) -> None:
+    if saved["kind"] != mine["kind"]:
+        raise LexicoError(f"{path} holds a {saved['kind']} cache, this session uses a {mine['kind']} cache (--cache)")
+    diff = [f"{k} {saved.get(k)} (this session: {mine[k]})" for k in mine if saved.get(k) != mine[k]]
+    if diff:
+        what = "a different dictionary" if saved["dictionary"] != mine["dictionary"] else "other cache settings"
+        raise LexicoError(f"{path} was saved with {what}: " + "; ".join(d[:80] for d in diff))
