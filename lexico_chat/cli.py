@@ -19,7 +19,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lexico_chat import chat_cli, evals, train_cli
+    from lexico_chat import chat_cli, evals, inventory_cli, train_cli
     from lexico_chat.server import cli as server_cli
 
     parser = _Parser(prog="lexico-chat", description="Chat with a Lexico-compressed KV cache.")
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(func=chat_cli.run)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     train_cli.register(commands)
+    inventory_cli.register(commands)
     server_cli.register(commands)
     eval_parser = commands.add_parser("eval", help="benchmarks and quality measurements")
     evals.register_all(

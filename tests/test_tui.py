@@ -167,7 +167,7 @@ def test_missing_dictionary_dialog_shows_the_error_command(tmp_path, monkeypatch
     """The dialog shows the command the real lookup's MissingDictionaryError carries, and copies it."""
     monkeypatch.setenv("LEXICO_CHAT_HOME", str(tmp_path))
     out = tmp_path / "dictionaries" / "Tiny-Model-N32.safetensors"
-    flags = f"--corpus FILE [FILE ...] --atoms 32 --sparsity 8 --out {out}"
+    flags = f"--atoms 32 --sparsity 8 --out {out}"
     command = f"lexico-chat train-dictionary --model org/Tiny-Model {flags}"
     app = RecordingApp(lambda: lookup.find_dictionary("org/Tiny-Model", ModelDims(2, 3, 8, 128), 32))
 
