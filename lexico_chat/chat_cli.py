@@ -167,17 +167,12 @@ def _run_tui(args: argparse.Namespace) -> int:
         from lexico_chat.tui.app import run_tui
     except ImportError as err:
         raise LexicoError(f"the terminal UI is unavailable ({err}); use --prompt") from None
-    from lexico_chat.engine import load_session
+    from lexico_chat.engine.startup import LoadingStatus
 
-    options = session_options(args)
-
-    def factory():
-        session = load_session(options)
-        if args.resume:
-            session.resume(args.resume)
-        return session
-
+    options, loading = session_options(args), LoadingStatus()
     model = options.model or "SmolLM2-135M-Instruct"
     cache = options.cache
     detail = f"Lexico s={cache.sparsity} N={cache.atoms}" if cache.lexico else "full cache"
-    return run_tui(factory, doc=args.doc, sampling=_sampling(args), subtitle=f"{model} · {detail}")
+    subtitle = f"{model} · {detail}"
+    factory = lambda: _open(args, options, status=loading)  # noqa: E731 - runs in the app's loading worker
+    return run_tui(factory, doc=args.doc, sampling=_sampling(args), subtitle=subtitle, loading=loading)

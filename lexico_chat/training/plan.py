@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import time
 from dataclasses import dataclass
 
 import torch
@@ -104,12 +103,9 @@ def probe_rates(loaded: LoadedModel, atoms: int, sparsity: int, vectors: int = 5
 def _forward_rate(model, device, tokens: int = 128) -> float:
     vocab = model.config.get_text_config().vocab_size
     ids = torch.randint(0, vocab, (1, tokens), generator=torch.Generator().manual_seed(0)).to(device)
-    model(input_ids=ids[:, :8])  # warm-up
-    start = time.perf_counter()
-    model(input_ids=ids)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return tokens / max(time.perf_counter() - start, 1e-9)
+    model(input_ids=ids)  # warm-up at the same shape
+    seconds, _ = timed(lambda: model(input_ids=ids), device)
+    return tokens / max(seconds, 1e-9)
 
 
 def plan_training(
