@@ -79,10 +79,9 @@ def missing_dictionary(
     name, command = dictionary_filename(model_id, atoms), train_command(model_id, atoms, sparsity)
     folders = ", ".join(str(f) for f in search_folders())
     took = f" ({estimate})" if estimate else ""
-    message = (
-        f"no dictionary with {atoms} atoms for {model_id} (looked for {name} in {folders}); rerun with "
-        f"--train-dictionary-if-missing or train one{took} with: {command}"
-    )
+    now = "rerun with --train-dictionary-if-missing or " if offer is not None else ""
+    message = f"no dictionary with {atoms} atoms for {model_id} (looked for {name} in {folders}); {now}train one{took}"
+    message += f" with: {command}"
     return MissingDictionaryError(
         message, model_id=model_id, atoms=atoms, command=command, estimate=estimate, offer=offer
     )

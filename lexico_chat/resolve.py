@@ -73,11 +73,15 @@ class ModelSource:
 
 @dataclass(frozen=True)
 class CachedModel:
-    """A model folder of the Hugging Face cache: its hub id, latest snapshot and size on disk."""
+    """A model folder of the Hugging Face cache: its hub id and latest snapshot."""
 
     model_id: str
     snapshot: Path
-    size_bytes: int
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of the files the snapshot links to (the blobs they point at)."""
+        return sum(path.stat().st_size for path in self.snapshot.rglob("*") if path.is_file())
 
 
 def default_gguf_path() -> Path:
@@ -149,7 +153,7 @@ def cached_models() -> list[CachedModel]:
         snapshot = _latest_snapshot(folder)
         if snapshot is not None:
             model_id = folder.name.removeprefix("models--").replace("--", "/", 1)
-            found.append(CachedModel(model_id, snapshot, _size(snapshot)))
+            found.append(CachedModel(model_id, snapshot))
     return found
 
 
@@ -162,8 +166,3 @@ def _latest_snapshot(folder: Path) -> Path | None:
             return named
     snapshots = [s for s in (folder / "snapshots").glob("*") if (s / "config.json").is_file()]
     return max(snapshots, key=lambda s: s.stat().st_mtime, default=None)
-
-
-def _size(snapshot: Path) -> int:
-    """Bytes of the files a snapshot links to (the blobs they point at)."""
-    return sum(path.stat().st_size for path in snapshot.rglob("*") if path.is_file())

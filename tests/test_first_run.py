@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import torch
 
 from lexico_chat.cli import main
 from lexico_chat.config import CacheConfig
+from lexico_chat.device import select_device
 from lexico_chat.dictionary import LexicoDictionary
 from lexico_chat.engine.options import SessionOptions
 from lexico_chat.engine.session import ChatSession
@@ -67,7 +69,7 @@ def trained(setup):
 
 def _reference_reply(dictionary_path) -> str:
     options = SessionOptions(cache=CacheConfig(sparsity=4, atoms=64, buffer=16, window=8))
-    session = ChatSession(load_model("TinyName", device="cpu"), options, LexicoDictionary.load(dictionary_path))
+    session = ChatSession(load_model("TinyName"), options, LexicoDictionary.load(dictionary_path))  # auto, as the CLI
     return "".join(session.send("Hello there", SamplingConfig(max_new_tokens=8)))
 
 
@@ -104,9 +106,11 @@ def test_second_run_finds_the_dictionary_and_does_not_train(setup, trained, monk
     path, _, first_out, _ = trained
     _homes(root, monkeypatch, "home-a")
     before = path.stat().st_mtime_ns
-    code, out, err = _main(*flags, "--train-dictionary-if-missing", *QUESTION)
-    assert code == 0 and out == first_out
-    assert "training" not in err and path.stat().st_mtime_ns == before
+    code, out, err = _main(*flags, "--train-dictionary-if-missing", *QUESTION, "--json")
+    assert code == 0 and "training" not in err and path.stat().st_mtime_ns == before
+    result = json.loads(out)
+    assert result["reply"] == first_out.rstrip("\n")
+    assert (result["stats"]["device"], result["stats"]["model_id"]) == (select_device().label, "tiny-org/TinyName")
 
 
 def test_killed_training_resumes_to_the_same_dictionary(setup, trained, monkeypatch):

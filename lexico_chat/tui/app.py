@@ -136,7 +136,7 @@ class LexicoApp(App[int]):
         self.chat.action_cancel_reply()  # a generating worker thread would otherwise hold the exit
         if self.training is not None:
             self.training.cancel.set()  # as would a training one: it stops at its next step
-        self.exit(return_code=2 if self.chat.load_failed or self.engine is None else 0)
+        self.exit(return_code=2 if self.chat.load_failed else 0)
 
 
 def run_tui(
