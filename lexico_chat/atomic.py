@@ -1,4 +1,4 @@
-"""Atomic file writes: a temporary file next to the target, fsync, then one rename.
+"""Atomic writes of files and folders: a temporary one next to the target, fsync, then one rename.
 
 * The temporary file is ``.NAME.PID.RANDOM.lexico-tmp`` in the target's folder, so a process killed
   mid-write (``kill -9``, power loss) leaves a file that says what it is; the next write to the same
@@ -9,7 +9,8 @@
 * Files get the permissions ``open()`` would give them: 0666 less the umask (0644 by default).
 
 ``check_writable`` makes the same checks before long work, so a command can refuse a bad target
-before it spends minutes producing what it was asked to save.
+before it spends minutes producing what it was asked to save. ``write_folder_atomic`` does the same for a
+folder (a converted model).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -136,3 +139,36 @@ def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str
 
     data = save(tensors, metadata=metadata)
     return write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def write_folder_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_folder)`` and move the folder onto ``path`` in one rename (every file fsynced first).
+
+    An interrupted write leaves no folder at ``path``; when another process got there first, its folder is
+    kept and this one discarded.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        write(tmp)
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                with open(file, "rb") as fh:
+                    os.fsync(fh.fileno())
+        os.chmod(tmp, 0o777 & ~_umask())
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if not path.is_dir():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

@@ -6,12 +6,13 @@ import argparse
 import json
 import sys
 
-from lexico_chat.errors import LexicoError
+from lexico_chat.errors import LexicoError, MissingDictionaryError
 from lexico_chat.options import (
     add_cache_kind_option,
     add_cache_options,
     add_dictionary_options,
     add_model_options,
+    add_train_budget_option,
     cache_config,
 )
 
@@ -34,6 +35,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object with the reply and stats")
+    parser.add_argument(
+        "--train-dictionary-if-missing",
+        action="store_true",
+        help="with no dictionary for the model, train one now (progress on stderr), then answer",
+    )
+    parser.add_argument(
+        "--corpus",
+        nargs="+",
+        default=None,
+        metavar="FILE",
+        help="text files or folders to train a missing dictionary on (default: the bundled essays)",
+    )
+    add_train_budget_option(parser)
 
 
 def session_options(args: argparse.Namespace):
@@ -65,13 +79,46 @@ def _sampling(args: argparse.Namespace):
     return SamplingConfig(args.temperature, args.top_p, args.seed, args.max_new_tokens)
 
 
+def _open(args: argparse.Namespace, options, status=None):
+    """The ChatSession the flags ask for (a MissingDictionaryError carries the first-run training offer)."""
+    from lexico_chat.engine.first_run import open_session
+    from lexico_chat.textfile import read_corpus
+
+    corpus = (read_corpus(args.corpus), "; ".join(args.corpus)) if args.corpus else None
+    budget = args.train_budget * 60
+    return open_session(options, resume=args.resume, status=status, corpus=corpus, budget_s=budget)
+
+
+def _open_headless(args: argparse.Namespace, options):
+    try:
+        return _open(args, options)
+    except MissingDictionaryError as err:
+        if not args.train_dictionary_if_missing or err.offer is None:
+            raise
+        return _train(err.offer)
+
+
+def _train(offer):
+    """Run the first-run training offer with a progress bar on stderr; the held-out errors before the chat."""
+    from lexico_chat.progress import FractionBar
+
+    print(f"lexico-chat: no dictionary for {offer.model_id} with N={offer.atoms}: training one now; {offer.summary}",
+          file=sys.stderr)  # fmt: skip
+    bar = FractionBar("training dictionary")
+    try:
+        session = offer.train(bar)
+    finally:
+        bar.close()
+    print(f"lexico-chat: {offer.result}", file=sys.stderr)
+    return session
+
+
 def run(args: argparse.Namespace) -> int:
     if args.prompt is None:
         if args.save or args.json:
             raise LexicoError("--save and --json need --prompt (the UI saves with /save)")
         return _run_tui(args)
     from lexico_chat.atomic import check_writable
-    from lexico_chat.engine import load_session
 
     if not args.prompt.strip():
         raise LexicoError("--prompt is empty: give the message to answer")
@@ -83,9 +130,7 @@ def run(args: argparse.Namespace) -> int:
         from lexico_chat.textfile import read_text
 
         read_text(args.doc)  # a bad document fails before the model loads
-    session = load_session(options)
-    if args.resume:
-        session.resume(args.resume)
+    session = _open_headless(args, options)
     if args.doc:
         stream = session.ask_document(args.doc, args.prompt, sampling)
     else:
@@ -107,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _json_stats(stats) -> dict:
     keys = (
+        "model_id",
+        "device",
         "kv_bytes",
         "fp16_bytes",
         "kv_fraction",
@@ -126,17 +173,12 @@ def _run_tui(args: argparse.Namespace) -> int:
         from lexico_chat.tui.app import run_tui
     except ImportError as err:
         raise LexicoError(f"the terminal UI is unavailable ({err}); use --prompt") from None
-    from lexico_chat.engine import load_session
+    from lexico_chat.engine.startup import LoadingStatus
 
-    options = session_options(args)
-
-    def factory():
-        session = load_session(options)
-        if args.resume:
-            session.resume(args.resume)
-        return session
-
+    options, loading = session_options(args), LoadingStatus()
     model = options.model or "SmolLM2-135M-Instruct"
     cache = options.cache
     detail = f"Lexico s={cache.sparsity_label()} N={cache.atoms}" if cache.lexico else "full cache"
-    return run_tui(factory, doc=args.doc, sampling=_sampling(args), subtitle=f"{model} · {detail}")
+    subtitle = f"{model} · {detail}"
+    factory = lambda: _open(args, options, status=loading)  # noqa: E731 - runs in the app's loading worker
+    return run_tui(factory, doc=args.doc, sampling=_sampling(args), subtitle=subtitle, loading=loading)

@@ -18,8 +18,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from lexico_chat import chat_cli, evals, train_cli
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv`` (default ``sys.argv[1:]``): the eval subcommands, whose modules import torch,
+    are only added when ``argv`` names ``eval``, so that the chat UI opens before torch has loaded."""
+    from lexico_chat import chat_cli, inventory_cli, train_cli
     from lexico_chat.server import cli as server_cli
 
     parser = _Parser(prog="lexico-chat", description="Chat with a Lexico-compressed KV cache.")
@@ -28,16 +30,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(func=chat_cli.run)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     train_cli.register(commands)
+    inventory_cli.register(commands)
     server_cli.register(commands)
     eval_parser = commands.add_parser("eval", help="benchmarks and quality measurements")
-    evals.register_all(
-        eval_parser.add_subparsers(dest="eval_command", metavar="EVAL", required=True, parser_class=_Parser)
-    )
+    eval_commands = eval_parser.add_subparsers(dest="eval_command", metavar="EVAL", required=True, parser_class=_Parser)
+    if "eval" in (sys.argv[1:] if argv is None else argv):
+        from lexico_chat import evals
+
+        evals.register_all(eval_commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help, or a usage error already printed on one line

@@ -125,6 +125,15 @@ class LexicoDictionary:
         }
         return write_safetensors(path, tensors, metadata={"lexico": self.meta.to_json()})
 
+    @staticmethod
+    def read_meta(path: str | os.PathLike) -> DictionaryMeta:
+        """The metadata of a dictionary file without reading its tensors; LexicoError when it has none."""
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                return DictionaryMeta.from_json((fh.metadata() or {})["lexico"])
+        except Exception as err:  # noqa: BLE001 - any parse failure means the file is no dictionary
+            raise LexicoError(f"{path} is not a valid lexico dictionary file ({type(err).__name__}: {err})") from None
+
     @classmethod
     def load(cls, path: str | os.PathLike) -> LexicoDictionary:
         """Read and validate a dictionary file; any defect raises one LexicoError naming it."""

@@ -28,12 +28,17 @@ class MissingDictionaryError(LexicoError):
     command : str
         The exact ``lexico-chat train-dictionary ...`` command that trains the missing dictionary.
     estimate : str
-        How long that training takes, e.g. "about 12 min on 2 CPU cores, 1 min on a GPU, ...".
+        How long that training takes on this device, from a timed probe ("" where none was made).
+    offer : lexico_chat.engine.startup.TrainingOffer or None
+        Training that can start now on the model already loaded (the TUI's "Train now"), or None.
     """
 
-    def __init__(self, message: str, *, model_id: str, atoms: int, command: str, estimate: str) -> None:
+    def __init__(
+        self, message: str, *, model_id: str, atoms: int, command: str, estimate: str, offer: object | None = None
+    ) -> None:
         super().__init__(message)
         self.model_id, self.atoms, self.command, self.estimate = model_id, atoms, command, estimate
+        self.offer = offer
 
 
 class SaveError(LexicoError):

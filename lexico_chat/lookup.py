@@ -1,16 +1,27 @@
 """Finding the dictionary for a model: --dictionary PATH, then the package's dictionaries/, then the
-user cache folder."""
+user cache folder; and listing every dictionary there (``lexico-chat dictionaries``)."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
-from lexico_chat.dictionary import LexicoDictionary, model_slug
+from lexico_chat.dictionary import DictionaryMeta, LexicoDictionary, model_slug
 from lexico_chat.errors import LexicoError, MissingDictionaryError
 from lexico_chat.models import DEFAULT_MODEL_ID, ModelDims
+from lexico_chat.paths import user_cache_folder
 
-__all__ = ["dictionary_filename", "find_dictionary", "search_folders", "user_dictionary_folder"]
+__all__ = [
+    "DictionaryFile",
+    "dictionary_filename",
+    "find_dictionary",
+    "list_dictionaries",
+    "missing_dictionary",
+    "search_folders",
+    "train_command",
+    "user_dictionary_folder",
+]
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent
 
@@ -20,12 +31,8 @@ def dictionary_filename(model_id: str, atoms: int) -> str:
 
 
 def user_dictionary_folder() -> Path:
-    """``$LEXICO_CHAT_HOME/dictionaries``, else ``$XDG_CACHE_HOME/lexico-chat/dictionaries`` (~/.cache)."""
-    home = os.environ.get("LEXICO_CHAT_HOME")
-    if home:
-        return Path(home).expanduser() / "dictionaries"
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache).expanduser() / "lexico-chat" / "dictionaries"
+    """``dictionaries/`` of the user cache folder (``$LEXICO_CHAT_HOME``, else ``~/.cache/lexico-chat``)."""
+    return user_cache_folder() / "dictionaries"
 
 
 def search_folders() -> list[Path]:
@@ -34,31 +41,19 @@ def search_folders() -> list[Path]:
 
 
 def train_command(model_id: str, atoms: int, sparsity: int = 8) -> str:
-    """The exact command that trains the missing dictionary into the user folder."""
+    """The exact command that trains the missing dictionary into the user folder (on the bundled corpus)."""
     out = user_dictionary_folder() / dictionary_filename(model_id, atoms)
     model = "" if model_id == DEFAULT_MODEL_ID else f"--model {model_id} "
-    flags = f"--corpus FILE [FILE ...] --atoms {atoms} --sparsity {sparsity} --out {out}"
-    return f"lexico-chat train-dictionary {model}{flags}"
-
-
-def training_estimate(dims: ModelDims, atoms: int, iters: int = 10, vectors: int = 100_000) -> str:
-    """Rough wall time of a default training run: OMP dominates, ~2·layers·iters·vectors encodings.
-
-    Reference rates measured with ``lexico-chat eval omp-speed``-style runs at s=8: about 30k vectors/s
-    on 2 CPU cores and 2M on a data-centre GPU at (m=64, N=4096), scaling with m·N.
-    """
-    work = 2 * dims.num_layers * iters * vectors * (dims.head_dim / 64) * (atoms / 4096)
-    cpu_min, gpu_min = work / 30_000 / 60, work / 2_000_000 / 60
-    return f"about {cpu_min:.0f} min on 2 CPU cores, {max(gpu_min, 1):.0f} min on a GPU, plus reading the corpus"
+    return f"lexico-chat train-dictionary {model}--atoms {atoms} --sparsity {sparsity} --out {out}"
 
 
 def find_dictionary(
-    model_id: str, dims: ModelDims, atoms: int, path: str | os.PathLike | None = None
+    model_id: str, dims: ModelDims, atoms: int, path: str | os.PathLike | None = None, sparsity: int = 8
 ) -> LexicoDictionary:
     """Load the dictionary for ``model_id`` with ``atoms`` atoms and check it against ``dims``.
 
-    Raises MissingDictionaryError (with the exact train-dictionary command) when none is found, LexicoError
-    when ``path`` does not exist or the file does not fit the model.
+    Raises MissingDictionaryError (with the exact train-dictionary command, at ``sparsity``) when none is
+    found, LexicoError when ``path`` does not exist or the file does not fit the model.
     """
     if path is not None:
         candidates = [Path(path).expanduser()]
@@ -68,7 +63,7 @@ def find_dictionary(
         name = dictionary_filename(model_id, atoms)
         candidates = [folder / name for folder in search_folders() if (folder / name).is_file()]
         if not candidates:
-            raise _missing(model_id, dims, atoms, name)
+            raise missing_dictionary(model_id, atoms, sparsity)
     dictionary = LexicoDictionary.load(candidates[0])
     dictionary.check_model(model_id, dims.num_layers, dims.num_kv_heads, dims.head_dim, source=str(candidates[0]))
     if path is None and dictionary.meta.atoms != atoms:
@@ -76,11 +71,47 @@ def find_dictionary(
     return dictionary
 
 
-def _missing(model_id: str, dims: ModelDims, atoms: int, name: str) -> MissingDictionaryError:
-    command, estimate = train_command(model_id, atoms), training_estimate(dims, atoms)
+def missing_dictionary(
+    model_id: str, atoms: int, sparsity: int = 8, estimate: str = "", offer: object | None = None
+) -> MissingDictionaryError:
+    """The error for a model without a dictionary of ``atoms`` atoms: where it looked, the command, and the
+    ``estimate`` and ``offer`` of first-run training where the caller has them."""
+    name, command = dictionary_filename(model_id, atoms), train_command(model_id, atoms, sparsity)
     folders = ", ".join(str(f) for f in search_folders())
-    message = (
-        f"no dictionary with {atoms} atoms for {model_id} (looked for {name} in {folders}); "
-        f"train one ({estimate}) with: {command}"
+    took = f" ({estimate})" if estimate else ""
+    now = "rerun with --train-dictionary-if-missing or " if offer is not None else ""
+    message = f"no dictionary with {atoms} atoms for {model_id} (looked for {name} in {folders}); {now}train one{took}"
+    message += f" with: {command}"
+    return MissingDictionaryError(
+        message, model_id=model_id, atoms=atoms, command=command, estimate=estimate, offer=offer
     )
-    return MissingDictionaryError(message, model_id=model_id, atoms=atoms, command=command, estimate=estimate)
+
+
+@dataclass(frozen=True)
+class DictionaryFile:
+    """A dictionary file found in ``search_folders()``: its metadata (tensors not read) and size."""
+
+    path: Path
+    meta: DictionaryMeta
+    size_bytes: int
+
+    @property
+    def shipped(self) -> bool:
+        return self.path.parent != user_dictionary_folder()
+
+    @property
+    def found_by_lookup(self) -> bool:
+        """The file name is the one ``find_dictionary`` looks for (other files need ``--dictionary``)."""
+        return self.path.name == dictionary_filename(self.meta.model_id, self.meta.atoms)
+
+
+def list_dictionaries() -> list[DictionaryFile]:
+    """Every readable dictionary file in the search folders, in search order (unreadable files are skipped)."""
+    found = []
+    for folder in search_folders():
+        for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+            try:
+                found.append(DictionaryFile(path, LexicoDictionary.read_meta(path), path.stat().st_size))
+            except LexicoError:
+                continue
+    return found

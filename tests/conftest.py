@@ -3,11 +3,31 @@ transformers config classes, the real default model (slow tests), and dictionary
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 
 from lexico_chat.dictionary import DictionaryMeta, LexicoDictionary
 from lexico_chat.models import model_dims
+
+# Tests never touch the real caches: lexico-chat's user cache (converted models, trained dictionaries) and the
+# Hugging Face cache are session folders, set before any test module imports transformers (subprocesses
+# inherit them); the hub is offline. The default model converted by the first test that loads it is reused.
+_CACHES = Path(tempfile.mkdtemp(prefix="lexico-test-caches-"))
+for _name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "XDG_CACHE_HOME"):
+    os.environ.pop(_name, None)
+os.environ.update(LEXICO_CHAT_HOME=str(_CACHES / "lexico-chat"), HF_HOME=str(_CACHES / "hf"), HF_HUB_OFFLINE="1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_test_caches():
+    yield
+    shutil.rmtree(_CACHES, ignore_errors=True)
+
 
 TINY_ARCHS = ("llama", "qwen2", "mistral", "gemma3")
 _COMMON = dict(
@@ -73,7 +93,7 @@ def default_model():
     from lexico_chat.models import load_model
 
     try:
-        return load_model()
+        return load_model(device="cpu")  # the slow tests expect fp32 on the CPU, GPU or not
     except LexicoError as err:
         pytest.skip(f"default model unavailable: {err}")
 

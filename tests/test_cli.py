@@ -117,6 +117,8 @@ def test_no_library_module_imports_the_cli():
     package = Path(__file__).parent.parent / "lexico_chat"
     offenders = []
     for path in package.rglob("*.py"):
+        if path.name == "__main__.py":  # `python -m lexico_chat`: the entry point itself
+            continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = []
             if isinstance(node, ast.Import):
@@ -167,3 +169,18 @@ def test_disabled_bars_print_nothing(capsys):
     stages("collect", 3, 3)
     stages.close()
     assert capsys.readouterr().err == ""
+
+
+def test_the_chat_command_parses_without_importing_torch():
+    """Only `lexico-chat eval …` builds the eval parsers (their modules import torch), so the chat UI opens
+    at once and torch loads behind its loading indicator."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from lexico_chat.cli import build_parser; "
+        "args = build_parser(['--sparsity', '8']).parse_args(['--sparsity', '8']); "
+        "assert args.func.__name__ == 'run' and 'torch' not in sys.modules, sorted(sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+    assert main(["eval", "omp-speed", "--help"]) == 0  # the eval parsers are there when asked for

@@ -47,7 +47,7 @@ def test_mod_update_keeps_atoms_it_cannot_normalise():
     x = torch.randn(50, 8, generator=gen)
     idx = torch.stack([torch.arange(50) % 5, torch.full((50,), 5)], dim=1)  # atom 5: a filler pick ...
     coef = torch.stack([torch.randn(50, generator=gen), torch.full((50,), 1e-20)], dim=1)  # ... with ~0 weight
-    new = trainer_fit._mod_update(x, idx, coef, d)
+    new = trainer_fit.mod_update(x, idx, coef, d)
     torch.testing.assert_close(new.norm(dim=0), torch.ones(6))
     assert torch.equal(new[:, 5], d[:, 5])
 

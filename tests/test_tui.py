@@ -10,6 +10,7 @@ import pytest
 from textual.widgets.markdown import MarkdownFence
 
 from lexico_chat import lookup
+from lexico_chat.engine.startup import LoadingStatus
 from lexico_chat.errors import LexicoError, MissingDictionaryError
 from lexico_chat.models import ModelDims
 from lexico_chat.tui.screens.load_error import LoadErrorDialog
@@ -124,18 +125,30 @@ async def test_input_history_and_newline() -> None:
 
 
 @pilot_test
-async def test_loading_indicator_until_engine_is_ready() -> None:
-    loaded, engine = threading.Event(), FakeEngine()
-    app = RecordingApp(lambda: loaded.wait(5) and engine)
+async def test_typing_during_a_slow_load_is_kept_and_sent_once_the_model_is_ready() -> None:
+    loaded, engine, status = threading.Event(), FakeEngine(), LoadingStatus()
+
+    def slow_factory() -> FakeEngine:
+        status("converting model.gguf to safetensors (first run only)…")
+        assert loaded.wait(20)
+        return engine
+
+    app = RecordingApp(slow_factory, loading=status)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
-        assert app.query_one(ChatView).loading and app.query_one(StatusBar).phase == "loading model…"
-        await submit(pilot, "too early")
-        await wait_for(pilot, lambda: app.errors())
-        assert "still loading" in app.errors()[0] and not engine.calls
+        bar = app.query_one(StatusBar)
+        await wait_for(pilot, lambda: bar.phase.startswith("converting model.gguf to safetensors (first run only)… "))
+        assert app.query_one(ChatView).loading and bar.phase.endswith(" s")  # the seconds so far
+        await pilot.press(*"too early", "ctrl+j", *"really")  # typed key by key while the model loads
+        assert app.query_one(PromptInput).text == "too early\nreally"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: bar.phase.endswith(" s · 1 message queued"))
+        assert not engine.calls and not app.errors() and app.chat.queued == ["too early\nreally"]
         loaded.set()
         await ready(pilot)
-        assert not app.query_one(ChatView).loading
+        await wait_for(pilot, lambda: app.query(AssistantMessage) and app.query_one(AssistantMessage).finished)
+        assert engine.calls == [("send", "too early\nreally", None)] and not app.chat.queued
+        assert [m.text for m in app.query(UserMessage)] == ["too early\nreally"]
+        assert app.query_one(AssistantMessage).text == "".join(REPLY) and not app.query_one(ChatView).loading
         assert (await chat_turn(pilot, "now")).text == "".join(REPLY)
 
 
@@ -167,7 +180,7 @@ def test_missing_dictionary_dialog_shows_the_error_command(tmp_path, monkeypatch
     """The dialog shows the command the real lookup's MissingDictionaryError carries, and copies it."""
     monkeypatch.setenv("LEXICO_CHAT_HOME", str(tmp_path))
     out = tmp_path / "dictionaries" / "Tiny-Model-N32.safetensors"
-    flags = f"--corpus FILE [FILE ...] --atoms 32 --sparsity 8 --out {out}"
+    flags = f"--atoms 32 --sparsity 8 --out {out}"
     command = f"lexico-chat train-dictionary --model org/Tiny-Model {flags}"
     app = RecordingApp(lambda: lookup.find_dictionary("org/Tiny-Model", ModelDims(2, 3, 8, 128), 32))
 

@@ -18,13 +18,8 @@ __all__ = [
 
 
 def load_session(options: SessionOptions):
-    """Load the model named in ``options`` and open a ChatSession on it (slow: loads weights)."""
-    from lexico_chat.engine.session import ChatSession
-    from lexico_chat.models import load_model
+    """Load the model named in ``options`` and open a ChatSession on it (slow: loads weights); a missing
+    dictionary raises MissingDictionaryError (``engine.first_run.open_session`` can offer to train it)."""
+    from lexico_chat.engine.first_run import open_session
 
-    if options.cache.lexico and options.dictionary:
-        from lexico_chat.dictionary import LexicoDictionary
-
-        LexicoDictionary.load(options.dictionary)  # a bad file fails before the slow model load
-    loaded = load_model(options.model, device=options.device)
-    return ChatSession(loaded, options)
+    return open_session(options, offer=False)

@@ -16,7 +16,8 @@ def resolve_dictionary(loaded: LoadedModel, options: SessionOptions):
     """The dictionary the options ask for (None for a full cache), checked against the model."""
     if not options.cache.lexico:
         return None
-    dictionary = find_dictionary(loaded.model_id, loaded.dims, options.cache.atoms, options.dictionary)
+    cache = options.cache
+    dictionary = find_dictionary(loaded.model_id, loaded.dims, cache.atoms, options.dictionary, sparsity=cache.sparsity)
     options.cache.validate(loaded.dims, dictionary)
     return dictionary
 

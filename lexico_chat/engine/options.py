@@ -17,7 +17,7 @@ class SessionOptions:
     """Model, dictionary and cache settings of a ChatSession.
 
     model : None (embedded default), a local folder, a .gguf file or a hub id.
-    device : "cpu", "cuda", "cuda:N" or "auto".
+    device : "auto" (CUDA GPU(s), else mps, else CPU), "cpu", "cuda", "cuda:N" or "mps".
     dictionary : explicit dictionary file, or None (looked up for the model and ``cache.atoms``).
     cache : the KV-cache settings (kind, sparsity, atoms, buffer, window, storage dtypes).
     prefill_chunk : tokens per forward call while prefilling.
@@ -25,7 +25,7 @@ class SessionOptions:
     """
 
     model: str | None = None
-    device: str = "cpu"
+    device: str = "auto"
     dictionary: str | None = None
     cache: CacheConfig = field(default_factory=CacheConfig)
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK

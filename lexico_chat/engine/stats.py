@@ -33,7 +33,7 @@ def session_stats(session) -> SessionStats:
         torch_allocated_bytes=allocated,
         dictionary_bytes=session.dictionary.nbytes if session.dictionary is not None else 0,
         model_id=session.loaded.model_id,
-        device=str(device),
+        device=session.loaded.device_label,
         cache=options.cache.kind,
         sparsity=options.cache.sparsity_label() if lexico else None,
         atoms=session.dictionary.meta.atoms if lexico else None,

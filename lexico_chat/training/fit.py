@@ -14,7 +14,7 @@ import torch
 
 from lexico_chat.omp import omp, reconstruct
 
-__all__ = ["fit_dictionary", "relative_error", "sampled_dictionary"]
+__all__ = ["fit_dictionary", "mod_update", "relative_error", "sampled_dictionary"]
 
 
 def relative_error(x: torch.Tensor, dictionary: torch.Tensor, sparsity: int, **omp_kwargs) -> torch.Tensor:
@@ -58,7 +58,7 @@ def fit_dictionary(
     for it in range(iters):
         idx, coef = omp(x, d, sparsity, select_dtype=select_dtype)
         err = (x - reconstruct(idx, coef, d)).norm(dim=1)
-        d = adam.update(x, idx, coef) if adam else _mod_update(x, idx, coef, d)
+        d = adam.update(x, idx, coef) if adam else mod_update(x, idx, coef, d)
         d = _reseed_unused(d, x, idx, err)
         if adam:
             adam.reset_atoms(d)
@@ -67,7 +67,8 @@ def fit_dictionary(
     return d
 
 
-def _mod_update(x: torch.Tensor, idx: torch.Tensor, coef: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+def mod_update(x: torch.Tensor, idx: torch.Tensor, coef: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """One closed-form (MOD) dictionary update for the codes ``idx``, ``coef`` of ``x``."""
     # x: (V, m); idx, coef: (V, s); d: (m, N) -> new (m, N) with unit columns (unused atoms kept)
     m, n = d.shape
     flat = idx.long()

@@ -25,14 +25,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from lexico_chat.atomic import write_atomic
-from lexico_chat.config import DEFAULT_KEY_SPACE, KEY_SPACES, CacheConfig
+from lexico_chat.config import DEFAULT_KEY_SPACE, KEY_SPACES, SELECT_DTYPES, CacheConfig
 from lexico_chat.dictionary import DictionaryMeta, LexicoDictionary
 from lexico_chat.errors import LexicoError
 from lexico_chat.models import LoadedModel
 from lexico_chat.training.collect import KVSample, collect_kv, token_windows
 from lexico_chat.training.fit import fit_dictionary, relative_error, sampled_dictionary
 
-__all__ = ["TrainConfig", "train_dictionary", "EVAL_SPARSITIES"]
+__all__ = ["TrainConfig", "train_dictionary", "EVAL_SPARSITIES", "saved_config", "layers_done"]
 
 logger = logging.getLogger(__name__)
 EVAL_SPARSITIES = (4, 8, 16, 32)
@@ -54,6 +54,7 @@ class TrainConfig:
     seed: int = 0
     key_space: str = DEFAULT_KEY_SPACE  # "pre_rope" codes keys before their rotation (lexico_chat.rope)
     values_from: str | None = None  # take value dictionaries from this file instead of fitting them
+    select_dtype: str = "bfloat16"  # OMP's atom selection while fitting (fp32 is faster on CPUs without bf16 units)
 
     def __post_init__(self) -> None:
         if self.atoms < 2 or self.atoms > 32767:
@@ -62,6 +63,8 @@ class TrainConfig:
             raise LexicoError(f"--sparsity must be in [1, 64], got {self.sparsity}")
         if self.key_space not in KEY_SPACES:
             raise LexicoError(f"--key-space must be one of {list(KEY_SPACES)}, got {self.key_space!r}")
+        if self.select_dtype not in SELECT_DTYPES:
+            raise LexicoError(f"`select_dtype` must be one of {list(SELECT_DTYPES)}, got {self.select_dtype!r}")
         if self.max_vectors < self.atoms:
             raise LexicoError(f"--max-vectors ({self.max_vectors}) must be at least --atoms ({self.atoms})")
 
@@ -112,12 +115,26 @@ def train_dictionary(
     return dictionary
 
 
+def saved_config(work: str | os.PathLike) -> dict | None:
+    """The settings (``model_id`` and TrainConfig fields) a work folder was started with, or None; a field
+    the folder predates reads as its default."""
+    path = Path(work) / "config.json"
+    if not path.is_file():
+        return None
+    return {**dataclasses.asdict(TrainConfig()), **json.loads(path.read_text())}
+
+
+def layers_done(work: str | os.PathLike) -> int:
+    """Layers a work folder already holds fitted (a rerun skips them)."""
+    return len(list(Path(work).glob("layer_*.safetensors")))
+
+
 def _check_workdir(work: Path, config: TrainConfig, model_id: str) -> None:
-    work.mkdir(parents=True, exist_ok=True)
     wanted = {"model_id": model_id, **dataclasses.asdict(config)}
+    have = saved_config(work)
+    work.mkdir(parents=True, exist_ok=True)
     path = work / "config.json"
-    if path.is_file():
-        have = json.loads(path.read_text())
+    if have is not None:
         if have != wanted:
             diff = sorted(k for k in wanted if have.get(k) != wanted[k])
             raise LexicoError(
@@ -221,7 +238,14 @@ def _fit_layer(
             d = values.to(device)
         else:
             d = fit_dictionary(
-                x, config.atoms, config.sparsity, iters=config.iters, seed=seed, update=config.update, step=step
+                x,
+                config.atoms,
+                config.sparsity,
+                iters=config.iters,
+                seed=seed,
+                update=config.update,
+                select_dtype=getattr(torch, config.select_dtype),
+                step=step,
             )
         baseline = sampled_dictionary(x, config.atoms, seed)
         fitted[kind] = d.contiguous().cpu()

@@ -5,22 +5,9 @@ from __future__ import annotations
 
 from lexico_chat.engine.types import SessionStats
 from lexico_chat.errors import LexicoError
+from lexico_chat.units import human_bytes
 
 __all__ = ["describe", "human_bytes", "status_segments", "pack_segments"]
-
-_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
-
-
-def human_bytes(n: int | float | None) -> str:
-    """``1536`` → ``"1.5 KiB"`` (binary units, one decimal; whole bytes below 1 KiB; "n/a" for None)."""
-    if n is None:
-        return "n/a"
-    value = float(n)
-    for unit in _UNITS[:-1]:
-        if abs(value) < 1024:
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} {_UNITS[-1]}"
 
 
 def memory_text(stats: SessionStats) -> str:

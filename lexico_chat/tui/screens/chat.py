@@ -37,8 +37,9 @@ logger = logging.getLogger(__name__)
 
 
 class ChatScreen(Screen):
-    """Chat once ``attach(engine)`` is called; until then the conversation shows a loading indicator.
-    Slash commands come from the prompt or the command palette (``SlashCommandProvider``)."""
+    """Chat once ``attach(engine)`` is called; until then the conversation shows a loading indicator and
+    messages sent are queued (``send_queued`` sends them once the engine is free). Slash commands come from
+    the prompt or the command palette (``SlashCommandProvider``)."""
 
     COMMANDS = {SlashCommandProvider}
     BINDINGS = [Binding("escape", "cancel_reply", "Stop reply")]
@@ -67,6 +68,7 @@ class ChatScreen(Screen):
         self._cancel_requested = False
         self.load_failed = False
         self._save_path: Path | None = None  # the target of the last /save (another is offered when it fails)
+        self.queued: list[str] = []  # typed while the model was loading, sent in order once it is ready
 
     def compose(self) -> ComposeResult:
         yield Header(icon="≋")
@@ -84,7 +86,7 @@ class ChatScreen(Screen):
 
     async def attach(self, engine: ChatEngine) -> None:
         """Start chatting with ``engine`` (showing its transcript, if it has one)."""
-        self.engine = engine
+        self.engine, self.load_failed = engine, False
         chat = self.query_one(ChatView)
         chat.loading = False
         status = self.query_one(StatusBar)
@@ -92,6 +94,19 @@ class ChatScreen(Screen):
         status.attach(engine)
         if engine.transcript:
             await chat.show_transcript(engine.transcript)
+
+    async def add_note(self, markdown: str) -> None:
+        await self.query_one(ChatView).add_note(markdown)
+
+    def show_loading(self, line: str) -> None:
+        """What the loading engine is doing (``LoadingStatus.line()``), and the messages waiting for it."""
+        waiting = f" · {len(self.queued)} message{'s' * (len(self.queued) > 1)} queued" if self.queued else ""
+        self.query_one(StatusBar).phase = line + waiting
+
+    async def send_queued(self) -> None:
+        """Send the next message typed while loading, if the engine is ready and free."""
+        if self.queued and self.engine is not None and not (self.replying or self.working):
+            await self.send(self.queued.pop(0))
 
     def show_load_failure(self) -> None:
         self.load_failed = True
@@ -114,6 +129,10 @@ class ChatScreen(Screen):
         return self.engine
 
     async def send(self, text: str) -> None:
+        if self.engine is None and not self.load_failed:
+            self.queued.append(text)
+            self.notify("The model is still loading: the message is sent once it is ready", markup=False)
+            return
         try:
             engine = self._idle_engine()
         except LexicoError as err:
@@ -154,7 +173,7 @@ class ChatScreen(Screen):
             error = describe(err)
         reply.post_message(AssistantMessage.ReplyFinished(cancelled=self._cancel_requested, error=error))
 
-    def on_assistant_message_reply_finished(self, event: AssistantMessage.ReplyFinished) -> None:
+    async def on_assistant_message_reply_finished(self, event: AssistantMessage.ReplyFinished) -> None:
         self.replying = False
         self.query_one(DocumentProgress).finish()
         status = self.query_one(StatusBar)
@@ -163,6 +182,7 @@ class ChatScreen(Screen):
         self.refresh_bindings()
         if event.error is not None:
             self.notify(event.error, severity="error", markup=False)
+        await self.send_queued()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "cancel_reply":
@@ -217,7 +237,7 @@ class ChatScreen(Screen):
         self._engine_call("stats", self.engine.stats, exclusive=False)
 
     async def _command_help(self, line: CommandLine) -> None:
-        await self.query_one(ChatView).add_note(commands.help_markdown())
+        await self.add_note(commands.help_markdown())
 
     async def _command_quit(self, line: CommandLine) -> None:
         await self.app.action_quit()
