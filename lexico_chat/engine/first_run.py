@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from lexico_chat import models
 from lexico_chat.dictionary import LexicoDictionary
 from lexico_chat.engine.caches import resolve_dictionary
 from lexico_chat.engine.options import SessionOptions
@@ -20,7 +21,7 @@ from lexico_chat.engine.session import ChatSession
 from lexico_chat.engine.startup import TrainingCancelled, TrainingProgress
 from lexico_chat.errors import MissingDictionaryError
 from lexico_chat.lookup import dictionary_filename, missing_dictionary, user_dictionary_folder
-from lexico_chat.models import LoadedModel, Status, load_model
+from lexico_chat.models import LoadedModel, Status
 from lexico_chat.training import DEFAULT_BUDGET_S
 from lexico_chat.training.corpus import default_corpus
 from lexico_chat.training.plan import TrainingPlan, auto_plan
@@ -52,7 +53,7 @@ def open_session(
     """
     if options.cache.lexico and options.dictionary:
         LexicoDictionary.load(options.dictionary)  # a bad file fails before the slow model load
-    loaded = load_model(options.model, device=options.device, status=status)
+    loaded = models.load_model(options.model, device=options.device, status=status)
     try:
         dictionary = resolve_dictionary(loaded, options)
     except MissingDictionaryError:
