@@ -19,6 +19,7 @@ from safetensors import safe_open
 from lexico_chat.atomic import write_safetensors
 from lexico_chat.errors import LexicoError
 from lexico_chat.rope import KEY_SPACES
+from lexico_chat.textfile import regular_file
 
 __all__ = ["DictionaryMeta", "LexicoDictionary", "FORMAT_VERSION", "ATOM_CHOICES", "model_slug"]
 
@@ -137,9 +138,7 @@ class LexicoDictionary:
     @classmethod
     def load(cls, path: str | os.PathLike) -> LexicoDictionary:
         """Read and validate a dictionary file; any defect raises one LexicoError naming it."""
-        path = Path(path)
-        if not path.is_file():
-            raise LexicoError(f"dictionary file not found: {path}")
+        path = regular_file(path, "dictionary file")  # a folder or a FIFO is named as such
         try:
             with safe_open(str(path), framework="pt") as fh:
                 meta = DictionaryMeta.from_json((fh.metadata() or {})["lexico"])

@@ -3,6 +3,7 @@ transformers config classes, the real default model (slow tests), and dictionary
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -18,15 +19,10 @@ from lexico_chat.models import model_dims
 # Hugging Face cache are session folders, set before any test module imports transformers (subprocesses
 # inherit them); the hub is offline. The default model converted by the first test that loads it is reused.
 _CACHES = Path(tempfile.mkdtemp(prefix="lexico-test-caches-"))
+atexit.register(shutil.rmtree, _CACHES, True)  # also after --collect-only, which runs no session fixture
 for _name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "XDG_CACHE_HOME"):
     os.environ.pop(_name, None)
 os.environ.update(LEXICO_CHAT_HOME=str(_CACHES / "lexico-chat"), HF_HOME=str(_CACHES / "hf"), HF_HUB_OFFLINE="1")
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _remove_test_caches():
-    yield
-    shutil.rmtree(_CACHES, ignore_errors=True)
 
 
 TINY_ARCHS = ("llama", "qwen2", "mistral", "gemma3")

@@ -79,6 +79,13 @@ def test_a_document_that_is_a_folder_or_a_fifo_says_so(no_model, tmp_path, capsy
     assert_one_line_error(*run_cli(capsys, "--doc", missing, "--prompt", "hi")[::2], f"text file not found: {missing}")
 
 
+def test_a_session_or_dictionary_path_that_is_a_folder_says_so(no_model, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "--resume", tmp_path, "--prompt", "hi")
+    assert_one_line_error(code, err, f"{tmp_path} is a directory; give a session file")
+    code, _, err = run_cli(capsys, "--dictionary", tmp_path, "--prompt", "hi")
+    assert_one_line_error(code, err, f"{tmp_path} is a directory; give a dictionary file")
+
+
 def test_a_session_of_the_other_cache_kind_says_so(loaded, tmp_path, monkeypatch, capsys):
     serve_tiny_model(monkeypatch, loaded)
     dictionary = save_dictionary(loaded, tmp_path)

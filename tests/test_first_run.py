@@ -121,7 +121,7 @@ def test_killed_training_resumes_to_the_same_dictionary(setup, trained, monkeypa
     log = root / "killed.log"
     with open(log, "wb") as stderr:  # a file, not a pipe: progress bars never block the process
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=dict(os.environ))
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 300
         while not (work / "layer_000.safetensors").exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         process.send_signal(signal.SIGKILL)
@@ -136,6 +136,7 @@ def test_killed_training_resumes_to_the_same_dictionary(setup, trained, monkeypa
     assert f"{done} of 4 layers already done" in err
     assert "reading the corpus" not in err and "fitting layer 0 keys" not in err  # nothing redone
     resumed, uninterrupted = LexicoDictionary.load(path), LexicoDictionary.load(trained[0])
+    assert resumed.meta.corpus == uninterrupted.meta.corpus  # the same settings (the corpus note records them)
     assert torch.equal(resumed.keys, uninterrupted.keys) and torch.equal(resumed.values, uninterrupted.values)
     assert out == trained[2]
     assert first_layer > 0 and not work.exists()

@@ -128,7 +128,10 @@ def test_train_now_on_a_tiny_model_opens_a_chat_that_uses_the_new_dictionary(tmp
             assert "of disk while training" in summary
             app.screen.query_one("#train-now").press()
             await wait_for(pilot, lambda: isinstance(app.screen, TrainingScreen))
-            await wait_for(pilot, lambda: app.engine is not None, timeout=300)
+            deadline = time.monotonic() + 300
+            while app.engine is None:  # polled slowly: a busy UI thread starves the training thread of the GIL
+                assert time.monotonic() < deadline, "training did not finish"
+                await pilot.pause(0.25)
             assert isinstance(app.screen, ChatScreen)
             assert "held-out relative error at s=4" in app.query_one(Note).source
             await chat_turn(pilot, "Hello there")

@@ -2,7 +2,8 @@
 
 ``probe_rates`` times, on the device the model sits on, OMP at the dictionary's shape in both selection
 dtypes (bf16 is several times faster where the CPU or GPU has bf16 units and a hundred times slower where it
-has none), one closed-form dictionary update (an N×N solve) and a forward pass of the model. ``plan_training``
+has none; it is used only where it is at least twice as fast, so that the choice does not flip between runs
+on timing noise), one closed-form dictionary update (an N×N solve) and a forward pass of the model. ``plan_training``
 then picks the largest number of vectors and rounds per layer whose estimated time fits ``budget_s``, and
 says how long it should take and how much disk it needs.
 """
@@ -29,6 +30,7 @@ __all__ = ["LADDER", "Rates", "TrainingPlan", "auto_plan", "plan_for", "plan_tra
 # (vectors per layer, rounds), most thorough first; the plan takes the first that fits the time budget
 LADDER = ((200_000, 12), (100_000, 10), (50_000, 8), (25_000, 6), (12_000, 5), (6_000, 4))
 _BYTES_FP16 = 2
+_BF16_GAIN = 2.0  # bf16 selection (approximate OMP) only where it is clearly faster than exact fp32
 
 
 @dataclass(frozen=True)
@@ -89,14 +91,22 @@ def probe_rates(loaded: LoadedModel, atoms: int, sparsity: int, vectors: int = 5
     for name in ("bfloat16", "float32"):  # a few vectors first: bf16 may be a hundred times slower
         dtype = getattr(torch, name)
         omp(x[:16], d, sparsity, select_dtype=dtype)  # warm-up
-        quick[name] = timed(lambda dtype=dtype: omp(x[:64], d, sparsity, select_dtype=dtype), device)[0]
-    best = min(quick, key=quick.get)
+        quick[name] = _best_time(lambda dtype=dtype: omp(x[:64], d, sparsity, select_dtype=dtype), device)
+    best = "bfloat16" if quick["bfloat16"] * _BF16_GAIN <= quick["float32"] else "float32"
     rates, codes = {}, None
     for name in dict.fromkeys((best, "float32")):
         seconds, codes = timed(lambda name=name: omp(x, d, sparsity, select_dtype=getattr(torch, name)), device)
         rates[name] = vectors / max(seconds, 1e-9)
     update_s, _ = timed(lambda: mod_update(x, *codes, d), device)
     return Rates(str(device), best, rates[best], rates["float32"], update_s, _forward_rate(model, device))
+
+
+def _best_time(fn, device, repeats: int = 3, within_s: float = 0.2) -> float:
+    """The shortest of up to ``repeats`` timings of ``fn()``, repeating only while they are quick."""
+    times = [timed(fn, device)[0]]
+    while len(times) < repeats and sum(times) < within_s:
+        times.append(timed(fn, device)[0])
+    return min(times)
 
 
 @torch.inference_mode()
