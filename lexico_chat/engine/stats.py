@@ -35,6 +35,7 @@ def session_stats(session) -> SessionStats:
         model_id=session.loaded.model_id,
         device=session.loaded.device_label,
         cache=options.cache.kind,
-        sparsity=options.cache.sparsity_label() if lexico else None,
+        sparsity=options.cache.sparsity if lexico else None,
+        sparsity_label=options.cache.sparsity_label() if lexico else None,
         atoms=session.dictionary.meta.atoms if lexico else None,
     )

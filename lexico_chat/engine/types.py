@@ -69,8 +69,9 @@ class SessionStats:
     model_id: str
     device: str
     cache: str  # "lexico" or "full"
-    sparsity: str | int | None  # "8", or "k6/v10" when keys and values differ; None for a full cache
+    sparsity: int | None  # --sparsity; None for a full cache
     atoms: int | None
+    sparsity_label: str | None = None  # "8", or "k6/v10" when keys and values differ (what the UI shows)
 
     @property
     def kv_bytes(self) -> int:

@@ -29,7 +29,7 @@ def model_text(stats: SessionStats) -> str:
     """Model, device and cache settings, e.g. ``SmolLM2-135M-Instruct · cpu · lexico s=8 N=4096``."""
     cache = stats.cache
     if stats.sparsity is not None:
-        cache += f" s={stats.sparsity}"
+        cache += f" s={stats.sparsity_label or stats.sparsity}"
     if stats.atoms is not None:
         cache += f" N={stats.atoms}"
     return f"{stats.model_id} · {stats.device} · {cache}"
