@@ -16,8 +16,8 @@ Figures, per layer and summed:
   (2 x tokens x batch x kv_heads x head_dim x 2 bytes): every token seen for a full-attention layer,
   the tokens held for an uncompressed (e.g. sliding-window) layer.
 * ``dictionary_bytes``: Lexico's per-layer dictionaries, reported apart (a fixed cost, not per token).
-* ``rope_bytes`` (cache-wide): a pre-RoPE Lexico cache's rotation (cos, sin) of every token, shared by
-  all layers; a per-token cost, so it counts as KV.
+* ``rope_bytes`` (cache-wide): a pre-RoPE Lexico cache's rotation (cos, sin) of every compressed token
+  (``lexico_chat.rope.RopeTable``), shared by all layers; a per-token cost, so it counts as KV.
 
 ``kv_bytes = compressed + buffer + rope`` and ``kv_fraction = kv_bytes / fp16_bytes``: the fraction
 every command reports (status bar, ``--json``, ``eval perplexity``, ``eval compare``). No torch import.

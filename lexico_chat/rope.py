@@ -64,58 +64,183 @@ class RopeProbe:
 
     The rotary module runs at the start of every forward, before any attention layer, so while the
     layers run ``latest(layer_type)`` is the rotation of exactly the keys they are storing: half-width
-    fp32 (cos, sin), each (b or 1, t, m/2).
+    fp32 (cos, sin), each (b or 1, t, m/2). ``positions(layer_type)`` are that call's position ids
+    (b or 1, t), and ``rotation(positions)`` recomputes the module's (cos, sin) for any positions (the same
+    values, bit for bit: each entry depends only on its own position) where the rotation does not change
+    with the sequence length (``recomputable``; not dynamic NTK or LongRoPE).
     """
 
     def __init__(self, module: torch.nn.Module) -> None:
+        self._module = module
         self._latest: dict[str | None, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._positions: dict[str | None, torch.Tensor | None] = {}
+        self._dtype = torch.float32
         self._layout_ok = True
+        rope_type = getattr(module, "rope_type", "default")
+        types = rope_type.values() if isinstance(rope_type, dict) else [rope_type]
+        self.recomputable = not any("dynamic" in str(t) or "longrope" in str(t) for t in types)
         module.register_forward_hook(self._hook, with_kwargs=True)
 
     def _hook(self, module, args, kwargs, output) -> None:
         cos, sin = output
         layer_type = kwargs.get("layer_type", args[2] if len(args) > 2 else None)
+        positions = kwargs.get("position_ids", args[1] if len(args) > 1 else None)
         half = cos.shape[-1] // 2
         # never raise inside the model's forward: a full-cache run must not fail because of this hook
         self._layout_ok = bool(torch.equal(cos[..., :half], cos[..., half:]))
         self._latest[layer_type] = (cos[..., :half].float(), sin[..., :half].float())
+        self._positions[layer_type] = positions if isinstance(positions, torch.Tensor) else None
+        self._dtype = cos.dtype
 
-    def latest(self, layer_type: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _key(self, layer_type: str | None, table: dict) -> str | None:
         if not self._layout_ok:
             raise LexicoError("this model's rotary embedding is not the rotate-half layout pre-RoPE coding needs")
-        if layer_type not in self._latest:
-            layer_type = None if None in self._latest else next(iter(self._latest), None)
-        if layer_type not in self._latest:
+        if layer_type not in table:
+            layer_type = None if None in table else next(iter(table), None)
+        if layer_type not in table:
             raise LexicoError("the model has not computed rotary embeddings yet (no forward seen)")
-        return self._latest[layer_type]
+        return layer_type
+
+    def latest(self, layer_type: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._latest[self._key(layer_type, self._latest)]
+
+    def positions(self, layer_type: str | None = None) -> torch.Tensor | None:
+        """Position ids (b or 1, t) of the latest call, or None when the module was not given them."""
+        return self._positions[self._key(layer_type, self._positions)]
+
+    def rotation(self, positions: torch.Tensor, layer_type: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Half-width fp32 (cos, sin), each (b, n, m/2), the module computes for (b, n) ``positions``."""
+        dummy = torch.empty(0, dtype=self._dtype, device=positions.device)
+        layer_type = self._key(layer_type, self._positions)  # the layer type the module was called with
+        extra = {} if layer_type is None else {"layer_type": layer_type}
+        with torch.no_grad():
+            cos, sin = self._module.forward(dummy, positions, **extra)  # .forward: no hook, latest() stays
+        half = cos.shape[-1] // 2
+        return cos[..., :half].float(), sin[..., :half].float()
 
 
 class RopeTable:
-    """Half-width (cos, sin) of every token a cache holds, in order: (batch, T, m/2) each, in ``dtype``.
+    """The rotations a pre-RoPE cache needs, shared by all its layers: (batch, n, m/2) cos and sin in ``dtype``.
 
-    Shared by all layers of one cache. ``ensure(length, t, probe)`` is called by each layer with its
-    length before an update of t tokens; the first layer of a forward appends the probe's rotation of
-    those t tokens and the others find them there. Storage grows geometrically. fp16 (the default) halves
-    the table against fp32 at a relative rounding error of at most 2^-11 per entry, far below the codes'
-    (about 0.1 at s=8); fp32 keeps lossless settings exact.
+    Attention rotates only the rebuilt keys of *compressed* tokens (buffered keys are held rotated), so
+    the table stores the rotation of compressed tokens alone and computes a buffered token's rotation
+    when the token is compressed (``extend``), from its position: the position of cache slot i is
+    ``offset + i`` per batch row (plain int metadata) as long as the model's position ids say so, else an
+    explicit (batch, T) int32 tensor, counted in ``nbytes``. So a cache that holds only buffered tokens
+    costs exactly what the buffer costs. Where the rotation cannot be recomputed (dynamic NTK, LongRoPE:
+    ``RopeProbe.recomputable`` is False) the table stores the rotation of every token, as it arrives.
+
+    ``ensure(length, t, probe, batch)`` is called by each layer with its length before an update of t
+    tokens; the first layer of a forward records them and the others find them recorded. Storage grows
+    geometrically. fp16 (the default) halves the table against fp32 at a relative rounding error of at most
+    2^-11 per entry, far below the codes' (about 0.1 at s=8); fp32 keeps lossless settings exact.
+
+    Attributes
+    ----------
+    length : tokens whose rotation is stored (the compressed ones, or all where not recomputable).
+    seen : tokens whose position is known (every token the cache holds).
     """
 
     def __init__(self, layer_type: str | None = "full_attention", dtype: torch.dtype = torch.float16) -> None:
         self.layer_type = layer_type
         self.dtype = dtype
         self.length = 0
+        self.seen = 0
+        self.probe: RopeProbe | None = None
         self._cos: torch.Tensor | None = None
         self._sin: torch.Tensor | None = None
+        self._offsets: list[int] | None = None  # position of slot i is offsets[row] + i ...
+        self._positions: torch.Tensor | None = None  # ... unless they are irregular: (batch, capacity) int32
+        self.device = torch.device("cpu")
 
     def ensure(self, length: int, t: int, probe: RopeProbe, batch: int) -> None:
-        if self.length >= length + t:
+        if self.seen >= length + t:
             return
-        if self.length != length:
-            raise LexicoError(f"rotary table holds {self.length} tokens but a layer holds {length}: cache out of sync")
-        cos, sin = probe.latest(self.layer_type)
-        if cos.shape[-2] != t:
-            raise LexicoError(f"the model's latest rotary embedding covers {cos.shape[-2]} tokens, the cache got {t}")
-        self.append(cos.expand(batch, -1, -1), sin.expand(batch, -1, -1))
+        if self.seen != length:
+            raise LexicoError(f"rotary table holds {self.seen} tokens but a layer holds {length}: cache out of sync")
+        self.probe = probe
+        if not probe.recomputable:
+            cos, sin = probe.latest(self.layer_type)
+            if cos.shape[-2] != t:
+                covered = cos.shape[-2]
+                raise LexicoError(f"the model's latest rotary embedding covers {covered} tokens, the cache got {t}")
+            self.append(cos.expand(batch, -1, -1), sin.expand(batch, -1, -1))
+            self.seen += t
+            return
+        positions = probe.positions(self.layer_type)
+        if positions is None or positions.shape[-1] != t:
+            got = "none" if positions is None else positions.shape[-1]
+            raise LexicoError(f"the model's latest rotary embedding covers {got} positions, the cache got {t}")
+        self.note_positions(positions.expand(batch, -1))
+
+    def note_positions(self, positions: torch.Tensor) -> None:
+        """Record the (batch, t) position ids of the next t tokens."""
+        b, t = positions.shape
+        self.device = positions.device
+        if t == 0:
+            return
+        rows = positions.detach().to("cpu", torch.int64)
+        if self._positions is None:
+            offsets = (rows[:, 0] - self.seen).tolist()
+            regular = self._offsets in (None, offsets) and torch.equal(
+                rows, torch.tensor(offsets)[:, None] + torch.arange(self.seen, self.seen + t)
+            )
+            if regular:
+                self._offsets = offsets
+                self.seen += t
+                return
+            self._positions = self._materialise(b, max(2 * (self.seen + t), 64), positions.device)
+        if self.seen + t > self._positions.shape[1]:
+            grown = self._positions.new_empty(b, max(self.seen + t, 2 * self._positions.shape[1]))
+            grown[:, : self.seen] = self._positions[:, : self.seen]
+            self._positions = grown
+        self._positions[:, self.seen : self.seen + t] = positions.to(self._positions.device, torch.int32)
+        self.seen += t
+
+    def _materialise(self, batch: int, capacity: int, device: torch.device) -> torch.Tensor:
+        held = torch.empty(batch, capacity, dtype=torch.int32, device=device)
+        offsets = torch.tensor(self._offsets or [0] * batch, dtype=torch.int32, device=device)
+        held[:, : self.seen] = offsets[:, None] + torch.arange(self.seen, dtype=torch.int32, device=device)
+        return held
+
+    def position_ids(self, start: int, stop: int, device: torch.device) -> torch.Tensor:
+        """(batch, stop - start) int64 positions of cache slots start..stop."""
+        if self._positions is not None:
+            return self._positions[:, start:stop].to(device, torch.int64)
+        offsets = torch.tensor(self._offsets or [0], dtype=torch.int64, device=device)
+        return offsets[:, None] + torch.arange(start, stop, device=device)
+
+    def extend(self, stop: int) -> None:
+        """Store the rotation of tokens up to ``stop`` (recomputed from their positions) before they are coded."""
+        if stop <= self.length:
+            return
+        if stop > self.seen or self.probe is None:
+            raise LexicoError(f"rotary table knows {self.seen} tokens, {stop} are to be compressed: cache out of sync")
+        cos, sin = self.probe.rotation(self.position_ids(self.length, stop, self.device), self.layer_type)
+        self.append(cos, sin)
+
+    def rotation(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) of tokens start..stop in the table's dtype: stored ones as views, the rest recomputed
+        (for saving a session: the file holds the rotation of every token)."""
+        stored = min(stop, self.length)
+        parts = [self.view(start, stored)] if stored > start else []
+        if stop > stored:
+            cos, sin = self.probe.rotation(self.position_ids(max(start, stored), stop, self.device), self.layer_type)
+            parts.append((cos.to(self.dtype), sin.to(self.dtype)))
+        if len(parts) == 1:
+            return parts[0]
+        return tuple(torch.cat([part[i] for part in parts], dim=1) for i in range(2))
+
+    def load(self, cos: torch.Tensor, sin: torch.Tensor, compressed: int) -> None:
+        """Fill an empty table from a saved session's (batch, T, m/2) rotation of every token at positions
+        0..T-1 (the engine's sessions), of which the first ``compressed`` are coded."""
+        keep = compressed if self.probe is None or self.probe.recomputable else cos.shape[1]
+        self.append(cos[:, :keep], sin[:, :keep])
+        self.seen = self.length
+        self.device = cos.device
+        rest = torch.arange(keep, cos.shape[1], device=cos.device).expand(cos.shape[0], -1)
+        if self.probe is None or self.probe.recomputable:
+            self.note_positions(rest)
 
     def append(self, cos: torch.Tensor, sin: torch.Tensor) -> None:
         """Append (batch, t, m/2) cos and sin."""
@@ -134,24 +259,42 @@ class RopeTable:
         self.length += t
 
     def view(self, start: int = 0, stop: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos, sin) of tokens start..stop, each (batch, n, m/2) in the table's dtype (views, no copy)."""
+        """(cos, sin) of stored tokens start..stop, each (batch, n, m/2) in the table's dtype (views, no copy)."""
         stop = self.length if stop is None else stop
         if self._cos is None:
             raise LexicoError("rotary table is empty")
         return self._cos[:, start:stop], self._sin[:, start:stop]
 
+    @property
+    def batch(self) -> int | None:
+        """Batch rows the table holds (None before the first token)."""
+        if self._cos is not None:
+            return self._cos.shape[0]
+        if self._positions is not None:
+            return self._positions.shape[0]
+        return None if self._offsets is None else len(self._offsets)
+
     def select_batch(self, indices: torch.Tensor) -> None:
         if self._cos is not None:
             self._cos, self._sin = self._cos[indices], self._sin[indices]
+        if self._positions is not None:
+            self._positions = self._positions[indices.to(self._positions.device)]
+        if self._offsets is not None:
+            self._offsets = [self._offsets[i] for i in indices.tolist()]
 
     def nbytes(self, filled: bool = True) -> int:
-        if self._cos is None:
-            return 0
-        per_token = 2 * self._cos.shape[0] * self._cos.shape[2] * self._cos.element_size()
-        return per_token * (self.length if filled else self._cos.shape[1])
+        held = 0
+        if self._cos is not None:
+            per_token = 2 * self._cos.shape[0] * self._cos.shape[2] * self._cos.element_size()
+            held += per_token * (self.length if filled else self._cos.shape[1])
+        if self._positions is not None:
+            per_token = self._positions.shape[0] * self._positions.element_size()
+            held += per_token * (self.seen if filled else self._positions.shape[1])
+        return held
 
     def reset(self) -> None:
-        self.length = 0
+        self.length = self.seen = 0
+        self._offsets = self._positions = None
 
 
 def probe_for(model: torch.nn.Module) -> RopeProbe:

@@ -59,7 +59,8 @@ def test_table_grows_geometrically_and_selects_rows():
 
 
 def test_memory_counts_the_table_and_state_round_trips(tiny_model):
-    """The rotary table is per-token memory (in kv_bytes); saving and loading the cache keeps generation exact."""
+    """The rotary table is per-token memory (in kv_bytes) for compressed tokens only; saving and loading the
+    cache keeps generation exact (buffered tokens' rotations are recomputed after the load)."""
     model = tiny_model("llama")
     dictionary = random_dictionary(model, key_space="pre_rope")
     ids = torch.randint(0, 128, (1, 30), generator=torch.Generator().manual_seed(4))
@@ -67,7 +68,8 @@ def test_memory_counts_the_table_and_state_round_trips(tiny_model):
     lexico_generate(model, ids, 6, cache)
     memory = cache.memory()
     half = model_dims(model.config).head_dim // 2
-    assert memory.rope_bytes == 2 * 35 * half * 2  # cos + sin of the 35 tokens held, fp16
+    assert memory.layers[0].compressed_tokens == 24 and memory.layers[0].buffer_tokens == 11
+    assert memory.rope_bytes == 2 * 24 * half * 2  # cos + sin of the 24 compressed tokens, fp16
     assert memory.kv_bytes == memory.compressed_bytes + memory.buffer_bytes + memory.rope_bytes
     tensors, facts = export_cache(cache)
     restored = LexicoCache.from_model(model, dictionary, CacheConfig(sparsity=4, buffer=8, window=4))
@@ -88,3 +90,71 @@ def test_empty_pre_rope_cache_round_trips(tiny_model):
     restored = LexicoCache.from_model(model, dictionary, CacheConfig(sparsity=4))
     import_cache(restored, tensors, facts, torch.device("cpu"))
     assert restored.rope_table.length == 0 and restored.get_seq_length() == 0
+
+
+def test_recomputed_rotation_equals_the_models_bit_for_bit(tiny_model):
+    """``RopeProbe.rotation`` gives exactly the (cos, sin) the model computed, for any subset of positions."""
+    model = tiny_model("llama")
+    probe = probe_for(model)
+    with torch.inference_mode():
+        model(torch.randint(0, 128, (1, 40), generator=torch.Generator().manual_seed(6)))
+    cos, sin = probe.latest()
+    assert probe.recomputable and torch.equal(probe.positions(), torch.arange(40)[None])
+    got_cos, got_sin = probe.rotation(torch.arange(13, 40)[None])
+    assert torch.equal(got_cos, cos[:, 13:]) and torch.equal(got_sin, sin[:, 13:])
+    assert torch.equal(probe.latest()[0], cos)  # recomputing does not disturb what the layers read
+
+
+def _prefill_then_decode(model, dictionary, config, ids, mask, steps, recomputable=True):
+    """Logits of a left-padded batch: prefill, then ``steps`` greedy decode steps (positions from the mask)."""
+    probe = probe_for(model)
+    probe.recomputable, saved = recomputable, probe.recomputable
+    try:
+        cache = LexicoCache.from_model(model, dictionary, config)
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        logits = []
+        with torch.inference_mode():
+            out = model(ids, attention_mask=mask, position_ids=positions, past_key_values=cache)
+            for _ in range(steps):
+                logits.append(out.logits[:, -1])
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                positions = positions[:, -1:] + 1
+                nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+                out = model(nxt, attention_mask=mask, position_ids=positions, past_key_values=cache)
+        return torch.stack(logits), cache
+    finally:
+        probe.recomputable = saved
+
+
+def test_irregular_positions_keep_recomputed_rotations_exact(tiny_model):
+    """A left-padded batch (row positions not offset + slot) stores explicit positions, and the rotations
+    recomputed from them give the same logits as storing every token's rotation as it arrives."""
+    model = tiny_model("llama")
+    dictionary = random_dictionary(model, key_space="pre_rope")
+    config = CacheConfig(sparsity=4, buffer=8, window=4)
+    ids = torch.randint(0, 128, (2, 20), generator=torch.Generator().manual_seed(7))
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0  # row 1 is left-padded
+    recomputed, cache = _prefill_then_decode(model, dictionary, config, ids, mask, 12)
+    stored, reference = _prefill_then_decode(model, dictionary, config, ids, mask, 12, recomputable=False)
+    torch.testing.assert_close(recomputed, stored, rtol=0, atol=0)
+    assert cache.rope_table.length == cache.lexico_layers[0].compressed_length < cache.rope_table.seen == 32
+    assert reference.rope_table.length == 32  # where rotations cannot be recomputed, every token's is stored
+    half = model_dims(model.config).head_dim // 2
+    assert cache.memory().rope_bytes == 2 * 2 * cache.rope_table.length * half * 2 + 2 * 32 * 4  # + int32 positions
+
+
+def test_buffered_tokens_cost_exactly_the_buffer(tiny_model):
+    """Before the first window is coded a pre-RoPE cache holds nothing but its (fp16) buffer: kv_fraction is 1,
+    never above (the rotation of a buffered token is not stored; the issue-14 caveat)."""
+    model = tiny_model("llama")
+    dictionary = random_dictionary(model, key_space="pre_rope")
+    cache = LexicoCache.from_model(model, dictionary, CacheConfig(sparsity=4, buffer=16, window=8))
+    with torch.inference_mode():
+        model(torch.randint(0, 128, (1, 20), generator=torch.Generator().manual_seed(8)), past_key_values=cache)
+    memory = cache.memory()
+    assert memory.rope_bytes == 0 and memory.kv_fraction == 1.0
+    with torch.inference_mode():
+        model(torch.randint(0, 128, (1, 10), generator=torch.Generator().manual_seed(9)), past_key_values=cache)
+    memory = cache.memory()
+    assert memory.layers[0].compressed_tokens == 8 and memory.rope_bytes > 0 and memory.kv_fraction < 1.0

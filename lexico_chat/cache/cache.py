@@ -37,7 +37,7 @@ class LexicoCache(PlannedCache):
         one every layer is a LexicoLayer.
     rope_probe : the model's ``RopeProbe`` (``lexico_chat.rope.probe_for(model)``), needed when the
         dictionary codes pre-RoPE keys; ``from_model`` passes it. The cache then holds one shared
-        ``RopeTable`` (the rotation of every token), counted in ``memory()``.
+        ``RopeTable`` (the rotation of every compressed token), counted in ``memory()``.
     """
 
     def __init__(
@@ -57,6 +57,7 @@ class LexicoCache(PlannedCache):
                 )
             exact = config.buffer_dtype == "float32"  # lossless settings: the model's own fp32 rotation
             self.rope_table = RopeTable(dtype=torch.float32 if exact else torch.float16)
+            self.rope_table.probe = rope_probe
         rope = None if self.rope_table is None else (self.rope_table, rope_probe)
         kinds, _ = layer_plan(model_config, dictionary.meta.num_layers)
         if len(kinds) != dictionary.meta.num_layers:
@@ -118,6 +119,5 @@ class LexicoCache(PlannedCache):
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         super().batch_repeat_interleave(repeats)
-        if self.rope_table is not None and self.rope_table.length:
-            batch = self.rope_table.view()[0].shape[0]
-            self.rope_table.select_batch(torch.arange(batch).repeat_interleave(repeats))
+        if self.rope_table is not None and self.rope_table.batch is not None:
+            self.rope_table.select_batch(torch.arange(self.rope_table.batch).repeat_interleave(repeats))

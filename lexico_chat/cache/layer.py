@@ -158,6 +158,7 @@ class LexicoLayer(CompactLayer):
             front = states.view()[:, :, offset : offset + count]  # (b, h, count, m)
             b, h, _, m = front.shape
             if states is self.key_buffer and self.rope_table is not None:
+                self.rope_table.extend(done + count)  # the rotation of tokens about to be coded
                 cos, sin = (
                     x.float().unsqueeze(1) for x in self.rope_table.view(done, done + count)
                 )  # (b, 1, count, m/2)

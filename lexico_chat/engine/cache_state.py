@@ -3,7 +3,8 @@
 LexicoLayer: compressed codes (indices, coefficients) and the full-precision buffer, keys and values.
 Other layers (DynamicLayer, DynamicSlidingWindowLayer): their held keys and values, plus the number
 of tokens they have seen (sliding layers keep only a window of them). A cache with a pre-RoPE key
-dictionary also saves its rotary table (``rope.cos``, ``rope.sin``). ``import_cache`` trusts its input:
+dictionary also saves the rotation of every token (``rope.cos``, ``rope.sin``; the table stores only
+the compressed tokens' and recomputes the rest). ``import_cache`` trusts its input:
 a file is checked first by ``lexico_chat.engine.session_file``.
 """
 
@@ -40,8 +41,8 @@ def export_cache(cache) -> tuple[dict[str, torch.Tensor], list[dict]]:
             tensors[f"layer{i}.values"] = layer.values.detach().contiguous().cpu()
             facts.append({"kind": "dense", "seen": int(layer.get_seq_length())})
     table = getattr(cache, "rope_table", None)
-    if table is not None and table.length:
-        cos, sin = table.view()
+    if table is not None and table.seen:  # the file holds every token's rotation, buffered ones recomputed
+        cos, sin = table.rotation(0, table.seen)
         tensors["rope.cos"], tensors["rope.sin"] = cos.contiguous().cpu(), sin.contiguous().cpu()
     return tensors, facts
 
@@ -49,7 +50,9 @@ def export_cache(cache) -> tuple[dict[str, torch.Tensor], list[dict]]:
 def import_cache(cache, tensors: dict[str, torch.Tensor], facts: list[dict], device: torch.device) -> None:
     """Fill an empty ``cache`` (same model and settings) from checked ``export_cache`` output."""
     if "rope.cos" in tensors:
-        cache.rope_table.append(tensors["rope.cos"].to(device), tensors["rope.sin"].to(device))
+        compressed = [tensors[f"layer{i}.key_idx"].shape[2] for i, f in enumerate(facts) if f["kind"] == "lexico"]
+        cos, sin = tensors["rope.cos"].to(device), tensors["rope.sin"].to(device)
+        cache.rope_table.load(cos, sin, max(compressed, default=0))
     for i, (layer, fact) in enumerate(zip(cache.layers, facts)):
         if fact["kind"] == "lexico":
             _import_lexico(layer, {p: tensors[f"layer{i}.{p}"].to(device) for p in LEXICO_PARTS})
