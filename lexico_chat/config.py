@@ -27,7 +27,7 @@ __all__ = [
 
 CACHE_KINDS = ("lexico", "full")
 COEF_DTYPES = ("float8_e4m3fn", "float16", "float32")  # coefficient storage
-SELECT_DTYPES = ("bfloat16", "float16", "float32")  # OMP's atom-selection GEMM
+SELECT_DTYPES = ("auto", "bfloat16", "float16", "float32")  # OMP's atom-selection GEMM ("auto": per device)
 BUFFER_DTYPES = ("auto", "float16", "bfloat16", "float32")  # full-precision buffer ("auto": see buffer_dtype)
 MAX_ATOMS = 32767  # indices are stored as int16
 KEY_SPACES = ("post_rope", "pre_rope")  # where dictionaries code keys: after RoPE (the paper) or before it
@@ -48,7 +48,8 @@ class CacheConfig:
     buffer : recent tokens every query sees in full precision (>= 0).
     window : tokens compressed at a time (>= 1).
     coef_dtype : coefficient storage, one of ``COEF_DTYPES`` (fp8 e4m3 by default: 1 byte).
-    select_dtype : dtype of OMP's atom-selection GEMM, one of ``SELECT_DTYPES``.
+    select_dtype : dtype of OMP's atom-selection GEMM, one of ``SELECT_DTYPES``; "auto" (default) is bf16 on
+        CUDA and where a CPU has fast bf16 GEMMs, else fp32 (``lexico_chat.omp.fastest_select_dtype``).
     buffer_dtype : storage of the full-precision buffer, one of ``BUFFER_DTYPES``; "auto" keeps a 16-bit
         model dtype and holds an fp32 model's buffer (CPU) in fp16; "float32" with fp32 coefficients and
         s = head_dim over an identity dictionary is lossless.
@@ -60,7 +61,7 @@ class CacheConfig:
     buffer: int = 128
     window: int = 32
     coef_dtype: str = "float8_e4m3fn"
-    select_dtype: str = "bfloat16"
+    select_dtype: str = "auto"
     buffer_dtype: str = "auto"
     key_sparsity: int | None = None
     value_sparsity: int | None = None

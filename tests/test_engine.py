@@ -1,5 +1,6 @@
 """ChatSession on the real default model: incremental turns, save/resume, errors, cancellation."""
 
+import dataclasses
 import json
 import platform
 
@@ -114,6 +115,17 @@ def test_every_turn_hands_free_heap_pages_back(session, monkeypatch):
     assert calls == [1]
     monkeypatch.undo()
     assert release_free_memory() == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+
+
+def test_a_session_resumes_under_another_selection_dtype(session, default_model, identity, tmp_path):
+    """The selection dtype decides how later tokens are coded, not what a file holds: a session saved with
+    one (bf16 on a GPU) resumes under another ("auto", fp32 on this CPU)."""
+    "".join(session.send("Say hello.", GREEDY))
+    path = session.save(tmp_path / "bf16.lexico")
+    other = dataclasses.replace(OPTIONS, cache=dataclasses.replace(OPTIONS.cache, select_dtype="bfloat16"))
+    resumed = ChatSession(default_model, other, dictionary=identity)
+    resumed.resume(path)
+    assert resumed.cached_ids == session.cached_ids and "".join(resumed.send("Thanks.", GREEDY))
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,8 @@ import pytest
 import torch
 from sklearn.linear_model import orthogonal_mp_gram
 
-from lexico_chat.omp import omp, reconstruct
+from lexico_chat import omp as omp_module
+from lexico_chat.omp import fastest_select_dtype, omp, reconstruct, select_dtype_for
 
 
 def _problem(m, n, s, batch, seed, noise=0.01):
@@ -88,6 +89,20 @@ def test_bf16_selection_keeps_quality():
         idx, coef = omp(x, d, 8, select_dtype=dtype)
         errs.append(((x - reconstruct(idx, coef, d)).norm(dim=1) / x.norm(dim=1)).mean())
     assert errs[1] <= errs[0] * 1.01
+
+
+@pytest.mark.parametrize("bf16_seconds,expected", [(1.0, torch.float32), (0.4, torch.bfloat16), (0.6, torch.float32)])
+def test_auto_selection_takes_bf16_only_where_it_is_clearly_faster(monkeypatch, bf16_seconds, expected):
+    """The "auto" selection is bf16 on CUDA; on a CPU only when its timed GEMM is BF16_GAIN (2x) faster than fp32."""
+    clock = iter([0.0, bf16_seconds, 0.0, bf16_seconds, 0.0, bf16_seconds, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+    monkeypatch.setattr(omp_module.time, "perf_counter", lambda: next(clock))
+    omp_module._probed_select_dtype.cache_clear()
+    try:
+        assert fastest_select_dtype("cpu") == expected
+    finally:
+        omp_module._probed_select_dtype.cache_clear()
+    assert fastest_select_dtype("cuda") == torch.bfloat16 and fastest_select_dtype("meta") == torch.float32
+    assert select_dtype_for("float16", "cpu") == torch.float16
 
 
 def test_identity_dictionary_is_lossless():

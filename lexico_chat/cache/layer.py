@@ -24,7 +24,7 @@ from lexico_chat.cache.layer_base import CompactLayer
 from lexico_chat.cache.store import CodeStore, TokenBuffer
 from lexico_chat.config import CacheConfig
 from lexico_chat.memory import LayerMemory, fp16_bytes, tensor_bytes
-from lexico_chat.omp import omp
+from lexico_chat.omp import omp, select_dtype_for
 from lexico_chat.rope import RopeProbe, RopeTable, unrotate
 
 __all__ = ["LexicoLayer", "LAYER_TAG", "torch_dtype"]
@@ -66,7 +66,7 @@ class LexicoLayer(CompactLayer):
         self.config = config
         self.key_sparsity, self.value_sparsity = config.sparsity_k, config.sparsity_v
         self.buffer, self.window = config.buffer, config.window
-        self.coef_dtype, self.select_dtype = torch_dtype(config.coef_dtype), torch_dtype(config.select_dtype)
+        self.coef_dtype = torch_dtype(config.coef_dtype)
         self._source = (key_dictionary, value_dictionary)
         self.rope_table, self.rope_probe = rope if rope is not None else (None, None)
         self.key_dictionary: torch.Tensor | None = None
@@ -78,6 +78,7 @@ class LexicoLayer(CompactLayer):
         if m != self._source[0].shape[0]:
             raise ValueError(f"dictionary head_dim {self._source[0].shape[0]} does not match the model's {m}")
         self.dtype, self.device = key_states.dtype, key_states.device
+        self.select_dtype = select_dtype_for(self.config.select_dtype, self.device)
         # (head_dim, N) view of a contiguous (N, head_dim) tensor where attention reads atoms as rows
         # (values, and pre-RoPE keys, which it rebuilds); post-RoPE key atoms feed one GEMM as (m, N)
         keys = self._source[0].to(self.device, torch.float32)

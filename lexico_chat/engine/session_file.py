@@ -343,7 +343,10 @@ def _fit_layer(check: _Check, i: int, kind: str, layer, saved: SavedSession, ses
 def _check_same_settings(path: Path, saved: dict, mine: dict) -> None:
     if saved["kind"] != mine["kind"]:
         raise LexicoError(f"{path} holds a {saved['kind']} cache, this session uses a {mine['kind']} cache (--cache)")
-    diff = [f"{k} {saved.get(k)} (this session: {mine[k]})" for k in mine if saved.get(k) != mine[k]]
+    # how later tokens are coded (the selection dtype) does not change what the file holds
+    diff = [
+        f"{k} {saved.get(k)} (this session: {mine[k]})" for k in mine if saved.get(k) != mine[k] and k != "select_dtype"
+    ]
     if diff:
         what = "a different dictionary" if saved["dictionary"] != mine["dictionary"] else "other cache settings"
         raise LexicoError(f"{path} was saved with {what}: " + "; ".join(d[:80] for d in diff))

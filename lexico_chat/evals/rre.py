@@ -7,13 +7,12 @@ import argparse
 import torch
 
 from lexico_chat.errors import LexicoError
+from lexico_chat.omp import fastest_select_dtype
 from lexico_chat.output import emit
 from lexico_chat.training.collect import token_windows, window_kv
 from lexico_chat.training.fit import relative_error
 
 __all__ = ["register", "run", "reconstruction_error"]
-
-SELECT = torch.bfloat16  # atom selection as the cache does it (coefficients are exact least squares)
 
 
 def register(subparsers) -> None:
@@ -42,12 +41,13 @@ def reconstruction_error(model, tokenizer, text: str, dictionary, sparsity: int,
         picked.append(w[: max_tokens - tokens])
         tokens += len(picked[-1])
     sums = None
+    select = fastest_select_dtype(next(model.parameters()).device)  # as the cache selects atoms by default
     for ids in picked:
         per_layer = window_kv(model, ids, dictionary.meta.key_space)
         errs = [
             (
-                relative_error(k, dk, sparsity, select_dtype=SELECT).sum(),
-                relative_error(v, dv, sparsity, select_dtype=SELECT).sum(),
+                relative_error(k, dk, sparsity, select_dtype=select).sum(),
+                relative_error(v, dv, sparsity, select_dtype=select).sum(),
                 k.shape[0],
             )
             for (k, v), (dk, dv) in zip(per_layer, zip(dictionary.keys, dictionary.values))

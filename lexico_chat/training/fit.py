@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from lexico_chat.omp import omp, reconstruct
+from lexico_chat.omp import fastest_select_dtype, omp, reconstruct
 
 __all__ = ["fit_dictionary", "mod_update", "relative_error", "sampled_dictionary"]
 
@@ -43,7 +43,7 @@ def fit_dictionary(
     iters: int = 10,
     seed: int = 0,
     update: str = "mod",
-    select_dtype: torch.dtype = torch.bfloat16,
+    select_dtype: torch.dtype | None = None,
     step: Callable[[int, float], None] | None = None,
 ) -> torch.Tensor:
     """Fit a (m, atoms) unit-norm dictionary to x: (V, m).
@@ -53,6 +53,7 @@ def fit_dictionary(
     if update not in ("mod", "adam"):
         raise ValueError(f"`update` must be one of ['mod', 'adam'], got {update!r}")
     x = x.float()
+    select_dtype = fastest_select_dtype(x.device) if select_dtype is None else select_dtype
     d = sampled_dictionary(x, atoms, seed)
     adam = _AdamUpdate(d) if update == "adam" else None
     for it in range(iters):

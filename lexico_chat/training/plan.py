@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from lexico_chat.models import LoadedModel, ModelDims
-from lexico_chat.omp import omp
+from lexico_chat.omp import BF16_GAIN, omp
 from lexico_chat.timing import timed
 from lexico_chat.training import DEFAULT_BUDGET_S
 from lexico_chat.training.fit import mod_update
@@ -30,7 +30,6 @@ __all__ = ["LADDER", "Rates", "TrainingPlan", "auto_plan", "plan_for", "plan_tra
 # (vectors per layer, rounds), most thorough first; the plan takes the first that fits the time budget
 LADDER = ((200_000, 12), (100_000, 10), (50_000, 8), (25_000, 6), (12_000, 5), (6_000, 4))
 _BYTES_FP16 = 2
-_BF16_GAIN = 2.0  # bf16 selection (approximate OMP) only where it is clearly faster than exact fp32
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,7 @@ def probe_rates(loaded: LoadedModel, atoms: int, sparsity: int, vectors: int = 5
         dtype = getattr(torch, name)
         omp(x[:16], d, sparsity, select_dtype=dtype)  # warm-up
         quick[name] = _best_time(lambda dtype=dtype: omp(x[:64], d, sparsity, select_dtype=dtype), device)
-    best = "bfloat16" if quick["bfloat16"] * _BF16_GAIN <= quick["float32"] else "float32"
+    best = "bfloat16" if quick["bfloat16"] * BF16_GAIN <= quick["float32"] else "float32"
     rates, codes = {}, None
     for name in dict.fromkeys((best, "float32")):
         seconds, codes = timed(lambda name=name: omp(x, d, sparsity, select_dtype=getattr(torch, name)), device)

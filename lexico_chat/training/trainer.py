@@ -29,6 +29,7 @@ from lexico_chat.config import DEFAULT_KEY_SPACE, KEY_SPACES, SELECT_DTYPES, Cac
 from lexico_chat.dictionary import DictionaryMeta, LexicoDictionary
 from lexico_chat.errors import LexicoError
 from lexico_chat.models import LoadedModel
+from lexico_chat.omp import select_dtype_for
 from lexico_chat.training.collect import KVSample, collect_kv, token_windows
 from lexico_chat.training.fit import fit_dictionary, relative_error, sampled_dictionary
 
@@ -54,7 +55,7 @@ class TrainConfig:
     seed: int = 0
     key_space: str = DEFAULT_KEY_SPACE  # "pre_rope" codes keys before their rotation (lexico_chat.rope)
     values_from: str | None = None  # take value dictionaries from this file instead of fitting them
-    select_dtype: str = "bfloat16"  # OMP's atom selection while fitting (fp32 is faster on CPUs without bf16 units)
+    select_dtype: str = "auto"  # OMP's atom selection while fitting ("auto": lexico_chat.omp.fastest_select_dtype)
 
     def __post_init__(self) -> None:
         if self.atoms < 2 or self.atoms > 32767:
@@ -244,7 +245,7 @@ def _fit_layer(
                 iters=config.iters,
                 seed=seed,
                 update=config.update,
-                select_dtype=getattr(torch, config.select_dtype),
+                select_dtype=select_dtype_for(config.select_dtype, device),
                 step=step,
             )
         baseline = sampled_dictionary(x, config.atoms, seed)
