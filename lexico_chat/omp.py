@@ -131,12 +131,12 @@ def _omp_chunk(
     idx = torch.zeros(b, s, dtype=torch.long, device=y.device)
     floor = (tol * tol) * (y * y).sum(1)  # (b,) squared residual norm at which a vector stops
     r = y.clone()
-    corr = _correlate(y, d_sel)  # (b, N) fp32
+    corr = _correlate(y, d_sel, y.new_empty(b, d_sel.shape[1]))  # (b, N) fp32, one buffer for every step
     for k in range(s):
         score = corr.abs_()
         if k:
             score.scatter_(1, idx[:, :k], -1.0)  # never pick an atom twice
-        j = score.argmax(1)  # (b,)
+        j = first_argmax(score)  # (b,)
         idx[:, k] = j
         atom = dt[j]  # (b, m)
         proj = torch.bmm(q[:, :k], atom.unsqueeze(2)).squeeze(2)  # (b, k)
@@ -152,16 +152,37 @@ def _omp_chunk(
         z[:, k] = zk
         if k + 1 < s:
             r.sub_(zk.unsqueeze(1) * qk)
-            corr = _correlate(r, d_sel)
+            corr = _correlate(r, d_sel, corr)
     coef = torch.linalg.solve_triangular(u, z.unsqueeze(2), upper=True).squeeze(2)
     return idx, coef
 
 
-def _correlate(r: torch.Tensor, d_sel: torch.Tensor) -> torch.Tensor:
-    # r: (b, m) fp32 -> (b, N) fp32; the product runs in d_sel's dtype
+def _correlate(r: torch.Tensor, d_sel: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    # r: (b, m) fp32 -> ``out`` (b, N) fp32; the product runs in d_sel's dtype. Writing into one buffer
+    # matters on CPU: a fresh 8 MB result per step costs more in page faults than the GEMM (4.3 vs 2.6 ms)
     if d_sel.dtype == torch.float32:
-        return r @ d_sel
-    return (r.to(d_sel.dtype) @ d_sel).to(torch.float32)
+        return torch.matmul(r, d_sel, out=out)
+    return out.copy_(r.to(d_sel.dtype) @ d_sel)
+
+
+_ARGMAX_BLOCK = 128
+
+
+def first_argmax(score: torch.Tensor) -> torch.Tensor:
+    """``score.argmax(1)`` of a (b, N) tensor: the first index of each row's maximum, the same on ties.
+
+    On CPU, ``argmax`` over long rows is about 15x slower than ``amax`` (2.6 ms against 0.16 ms for
+    (512, 4096) fp32 on this project's machine, as long as the GEMM that made the scores), so rows are
+    split into blocks of 128: the maximum of each block, the first block holding the row's maximum, then
+    the first index of it in that block (0.5 ms).
+    """
+    b, n = score.shape
+    if score.device.type != "cpu" or n % _ARGMAX_BLOCK or n < 8 * _ARGMAX_BLOCK:
+        return score.argmax(1)
+    blocks = score.view(b, n // _ARGMAX_BLOCK, _ARGMAX_BLOCK)
+    block = blocks.amax(2).argmax(1)  # (b,)
+    inner = blocks[torch.arange(b, device=score.device), block].argmax(1)
+    return block * _ARGMAX_BLOCK + inner
 
 
 def reconstruct(indices: torch.Tensor, coefs: torch.Tensor, dictionary: torch.Tensor) -> torch.Tensor:

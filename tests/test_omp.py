@@ -6,7 +6,7 @@ import torch
 from sklearn.linear_model import orthogonal_mp_gram
 
 from lexico_chat import omp as omp_module
-from lexico_chat.omp import fastest_select_dtype, omp, reconstruct, select_dtype_for
+from lexico_chat.omp import fastest_select_dtype, first_argmax, omp, reconstruct, select_dtype_for
 
 
 def _problem(m, n, s, batch, seed, noise=0.01):
@@ -103,6 +103,19 @@ def test_auto_selection_takes_bf16_only_where_it_is_clearly_faster(monkeypatch, 
         omp_module._probed_select_dtype.cache_clear()
     assert fastest_select_dtype("cuda") == torch.bfloat16 and fastest_select_dtype("meta") == torch.float32
     assert select_dtype_for("float16", "cpu") == torch.float16
+
+
+@pytest.mark.parametrize("n", [100, 1024, 4096])
+def test_blocked_argmax_is_argmax_ties_included(n):
+    """The first index of each row's maximum, as ``argmax`` gives it, also when the maximum repeats
+    (within a block, across blocks, at both ends)."""
+    gen = torch.Generator().manual_seed(n)
+    score = torch.randint(0, 50, (64, n), generator=gen).float()  # many ties
+    score[0] = 7.0
+    score[1, [-1, 3]] = 99.0
+    score[2, [n - 1, n // 2]] = 99.0
+    assert torch.equal(first_argmax(score), score.argmax(1))
+    assert torch.equal(first_argmax(score[:, :0].new_zeros(0, n)), torch.zeros(0, dtype=torch.long))
 
 
 def test_identity_dictionary_is_lossless():
