@@ -216,8 +216,11 @@ class RopeTable:
             return
         if stop > self.seen or self.probe is None:
             raise LexicoError(f"rotary table knows {self.seen} tokens, {stop} are to be compressed: cache out of sync")
-        cos, sin = self.probe.rotation(self.position_ids(self.length, stop, self.device), self.layer_type)
-        self.append(cos, sin)
+        self.append(*self._computed(self.length, stop))
+
+    def _computed(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """fp32 (cos, sin) of slots start..stop, recomputed by the model's rotary module from their positions."""
+        return self.probe.rotation(self.position_ids(start, stop, self.device), self.layer_type)
 
     def rotation(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(cos, sin) of tokens start..stop in the table's dtype: stored ones as views, the rest recomputed
@@ -225,8 +228,7 @@ class RopeTable:
         stored = min(stop, self.length)
         parts = [self.view(start, stored)] if stored > start else []
         if stop > stored:
-            cos, sin = self.probe.rotation(self.position_ids(max(start, stored), stop, self.device), self.layer_type)
-            parts.append((cos.to(self.dtype), sin.to(self.dtype)))
+            parts.append(tuple(x.to(self.dtype) for x in self._computed(max(start, stored), stop)))
         if len(parts) == 1:
             return parts[0]
         return tuple(torch.cat([part[i] for part in parts], dim=1) for i in range(2))
@@ -234,13 +236,13 @@ class RopeTable:
     def load(self, cos: torch.Tensor, sin: torch.Tensor, compressed: int) -> None:
         """Fill an empty table from a saved session's (batch, T, m/2) rotation of every token at positions
         0..T-1 (the engine's sessions), of which the first ``compressed`` are coded."""
-        keep = compressed if self.probe is None or self.probe.recomputable else cos.shape[1]
+        recompute = self.probe is None or self.probe.recomputable
+        keep = compressed if recompute else cos.shape[1]
         self.append(cos[:, :keep], sin[:, :keep])
         self.seen = self.length
         self.device = cos.device
-        rest = torch.arange(keep, cos.shape[1], device=cos.device).expand(cos.shape[0], -1)
-        if self.probe is None or self.probe.recomputable:
-            self.note_positions(rest)
+        if recompute:
+            self.note_positions(torch.arange(keep, cos.shape[1], device=cos.device).expand(cos.shape[0], -1))
 
     def append(self, cos: torch.Tensor, sin: torch.Tensor) -> None:
         """Append (batch, t, m/2) cos and sin."""

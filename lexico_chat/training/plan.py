@@ -1,9 +1,9 @@
 """Training settings for a model the project has never seen, sized by a short timed probe on this device.
 
-``probe_rates`` times, on the device the model sits on, OMP at the dictionary's shape in both selection
-dtypes (bf16 is several times faster where the CPU or GPU has bf16 units and a hundred times slower where it
-has none; it is used only where it is at least twice as fast, so that the choice does not flip between runs
-on timing noise), one closed-form dictionary update (an N×N solve) and a forward pass of the model. ``plan_training``
+``probe_rates`` times, on the device the model sits on, OMP at the dictionary's shape with the selection
+dtype the cache's "auto" picks (``lexico_chat.omp.fastest_select_dtype``: bf16 only where it is at least twice
+as fast as fp32) and with exact fp32, one closed-form dictionary update (an N×N solve) and a forward pass of
+the model. ``plan_training``
 then picks the largest number of vectors and rounds per layer whose estimated time fits ``budget_s``, and
 says how long it should take and how much disk it needs.
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from lexico_chat.models import LoadedModel, ModelDims
-from lexico_chat.omp import BF16_GAIN, omp
+from lexico_chat.omp import fastest_select_dtype, omp
 from lexico_chat.timing import timed
 from lexico_chat.training import DEFAULT_BUDGET_S
 from lexico_chat.training.fit import mod_update
@@ -78,7 +78,8 @@ class TrainingPlan:
 
 
 def probe_rates(loaded: LoadedModel, atoms: int, sparsity: int, vectors: int = 512) -> Rates:
-    """Time OMP (both selection dtypes), one dictionary update and one forward pass on the model's device."""
+    """Time OMP (the cache's "auto" selection dtype and exact fp32), one dictionary update and one forward pass
+    on the model's device."""
     model = loaded.model
     device = next(model.parameters()).device
     m = loaded.dims.head_dim
@@ -86,26 +87,14 @@ def probe_rates(loaded: LoadedModel, atoms: int, sparsity: int, vectors: int = 5
     d = torch.randn(m, atoms, generator=gen)
     d = (d / d.norm(dim=0)).to(device)
     x = torch.randn(vectors, m, generator=gen).to(device)
-    quick = {}
-    for name in ("bfloat16", "float32"):  # a few vectors first: bf16 may be a hundred times slower
-        dtype = getattr(torch, name)
-        omp(x[:16], d, sparsity, select_dtype=dtype)  # warm-up
-        quick[name] = _best_time(lambda dtype=dtype: omp(x[:64], d, sparsity, select_dtype=dtype), device)
-    best = "bfloat16" if quick["bfloat16"] * BF16_GAIN <= quick["float32"] else "float32"
+    best = str(fastest_select_dtype(device)).removeprefix("torch.")  # the cache's own "auto" choice
     rates, codes = {}, None
     for name in dict.fromkeys((best, "float32")):
+        omp(x[:16], d, sparsity, select_dtype=getattr(torch, name))  # warm-up
         seconds, codes = timed(lambda name=name: omp(x, d, sparsity, select_dtype=getattr(torch, name)), device)
         rates[name] = vectors / max(seconds, 1e-9)
     update_s, _ = timed(lambda: mod_update(x, *codes, d), device)
     return Rates(str(device), best, rates[best], rates["float32"], update_s, _forward_rate(model, device))
-
-
-def _best_time(fn, device, repeats: int = 3, within_s: float = 0.2) -> float:
-    """The shortest of up to ``repeats`` timings of ``fn()``, repeating only while they are quick."""
-    times = [timed(fn, device)[0]]
-    while len(times) < repeats and sum(times) < within_s:
-        times.append(timed(fn, device)[0])
-    return min(times)
 
 
 @torch.inference_mode()
