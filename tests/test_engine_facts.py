@@ -65,20 +65,7 @@ def full_found(default_model, tmp_path_factory):
     return found
 
 
-@pytest.mark.parametrize(
-    "sparsity",
-    [
-        16,
-        pytest.param(
-            8,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="measured: at s=8 the default model misses the facts at depths 0.1 and 0.9 that the full "
-                "cache finds (see the README); strict, so this fails loudly once s=8 gets there",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("sparsity", [16, 8])
 def test_lexico_finds_every_fact_the_full_cache_finds(default_model, full_found, tmp_path, sparsity):
     found = _found(default_model, tmp_path, "lexico", sparsity)
     missed = [depth for depth, ok in full_found.items() if ok and not found[depth]]

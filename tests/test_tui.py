@@ -13,7 +13,6 @@ from lexico_chat import lookup
 from lexico_chat.engine.startup import LoadingStatus
 from lexico_chat.errors import LexicoError, MissingDictionaryError
 from lexico_chat.models import ModelDims
-from lexico_chat.tui.screens.load_error import LoadErrorDialog
 from lexico_chat.tui.widgets.assistant_message import AssistantMessage
 from lexico_chat.tui.widgets.chat_view import ChatView
 from lexico_chat.tui.widgets.prompt_input import PromptInput
@@ -26,6 +25,7 @@ from tests.tui_fake import (
     RecordingApp,
     chat_turn,
     fake_stats,
+    load_error_ready,
     make_app,
     pilot_test,
     raising_factory,
@@ -187,7 +187,7 @@ def test_missing_dictionary_dialog_shows_the_error_command(tmp_path, monkeypatch
     @pilot_test
     async def scenario() -> None:
         async with app.run_test(size=SIZE) as pilot:
-            await wait_for(pilot, lambda: isinstance(app.screen, LoadErrorDialog))
+            await wait_for(pilot, lambda: load_error_ready(app))
             dialog = app.screen
             assert isinstance(dialog.error, MissingDictionaryError) and dialog.command == command
             assert (dialog.error.model_id, dialog.error.atoms) == ("org/Tiny-Model", 32)
@@ -218,7 +218,7 @@ def test_other_load_errors_show_their_message(error, shown) -> None:
     @pilot_test
     async def scenario() -> None:
         async with app.run_test(size=SIZE) as pilot:
-            await wait_for(pilot, lambda: isinstance(app.screen, LoadErrorDialog))
+            await wait_for(pilot, lambda: load_error_ready(app))
             dialog = app.screen
             assert str(dialog.query_one("#load-error-message").render()) == shown and dialog.command is None
             assert not dialog.query("#train-command") and not dialog.query("#copy-command")

@@ -22,14 +22,20 @@ from lexico_chat.engine.startup import TrainingCancelled, TrainingProgress
 from lexico_chat.models import LoadedModel
 from lexico_chat.training import plan
 from lexico_chat.tui.app import LexicoApp
-from lexico_chat.tui.screens.load_error import LoadErrorDialog
 from lexico_chat.tui.screens.stats import StatsScreen
 from lexico_chat.tui.screens.training import TrainingScreen
 from lexico_chat.tui.widgets.assistant_message import AssistantMessage
 from lexico_chat.tui.widgets.prompt_input import PromptInput
 from lexico_chat.tui.widgets.status_bar import StatusBar
 from tests.test_server_support import char_tokenizer
-from tests.tui_fake import FakeEngine, empty_stats, fake_stats, missing_dictionary_factory, raising_factory
+from tests.tui_fake import (
+    FakeEngine,
+    empty_stats,
+    fake_stats,
+    load_error_ready,
+    missing_dictionary_factory,
+    raising_factory,
+)
 
 SIZE = (100, 32)
 INTERVAL = 3600.0  # no timer refresh during a snapshot: the figures come from the first fetch only
@@ -94,7 +100,7 @@ def test_stats_screen(snap_compare) -> None:
 
 def test_missing_dictionary_dialog(snap_compare) -> None:
     async def dialog(pilot) -> None:
-        await wait_for(lambda: isinstance(pilot.app.screen, LoadErrorDialog))
+        await wait_for(lambda: load_error_ready(pilot.app))
         await pilot.pause()
 
     app = LexicoApp(missing_dictionary_factory(), stats_interval=INTERVAL)
@@ -127,7 +133,7 @@ def test_train_now_dialog(snap_compare, first_run, size) -> None:
     text is taller than the terminal (80×24) it scrolls in the panel, under its title and above the buttons."""
 
     async def dialog(pilot) -> None:
-        await wait_for(lambda: isinstance(pilot.app.screen, LoadErrorDialog))
+        await wait_for(lambda: load_error_ready(pilot.app))
         await pilot.pause()
 
     app = LexicoApp(raising_factory(first_run.missing_error()), stats_interval=INTERVAL)
@@ -149,7 +155,7 @@ def test_training_screen_mid_training(snap_compare, first_run, monkeypatch) -> N
     monkeypatch.setattr(first_run, "train", held_training)
 
     async def training(pilot) -> None:
-        await wait_for(lambda: isinstance(pilot.app.screen, LoadErrorDialog))
+        await wait_for(lambda: load_error_ready(pilot.app))
         await pilot.press("enter")  # "Train now" has the focus
         await wait_for(lambda: isinstance(pilot.app.screen, TrainingScreen) and pilot.app.screen.last is not None)
         await pilot.pause()

@@ -21,12 +21,21 @@ from lexico_chat.errors import MissingDictionaryError
 from lexico_chat.models import load_model
 from lexico_chat.training.corpus import essay_files
 from lexico_chat.tui.screens.chat import ChatScreen
-from lexico_chat.tui.screens.load_error import LoadErrorDialog
 from lexico_chat.tui.screens.training import TrainingScreen
 from lexico_chat.tui.widgets.assistant_message import AssistantMessage
 from lexico_chat.tui.widgets.note import Note
 from tests.hf_cache import add_to_cache, tiny_model_folder
-from tests.tui_fake import REPLY, SIZE, FakeEngine, RecordingApp, chat_turn, pilot_test, raising_factory, wait_for
+from tests.tui_fake import (
+    REPLY,
+    SIZE,
+    FakeEngine,
+    RecordingApp,
+    chat_turn,
+    load_error_ready,
+    pilot_test,
+    raising_factory,
+    wait_for,
+)
 
 
 @dataclass
@@ -62,7 +71,7 @@ class FakeOffer:
 
 
 def _dialog_ready(app) -> bool:
-    return isinstance(app.screen, LoadErrorDialog) and bool(app.screen.query("#train-now"))
+    return load_error_ready(app) and bool(app.screen.query("#train-now"))
 
 
 def _missing(offer) -> MissingDictionaryError:

@@ -14,6 +14,7 @@ from lexico_chat.engine.types import IngestProgress, Message, SamplingConfig, Se
 from lexico_chat.errors import MissingDictionaryError
 from lexico_chat.memory import LayerMemory, Memory
 from lexico_chat.tui.app import LexicoApp
+from lexico_chat.tui.screens.load_error import LoadErrorDialog
 from lexico_chat.tui.widgets.assistant_message import AssistantMessage
 from lexico_chat.tui.widgets.prompt_input import PromptInput
 
@@ -194,6 +195,12 @@ async def wait_for(pilot, condition: Callable[[], bool], timeout: float = 5.0) -
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         await pilot.pause(0.01)
+
+
+def load_error_ready(app) -> bool:
+    """The load-error dialog is up with its buttons mounted: the screen is pushed before the button row's
+    children are, so a test that queries a button right after the push can miss it."""
+    return isinstance(app.screen, LoadErrorDialog) and bool(app.screen.query("#quit"))
 
 
 def make_app(engine: FakeEngine, **kwargs) -> RecordingApp:
