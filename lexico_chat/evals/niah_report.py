@@ -7,7 +7,8 @@ heatmaps.
   spread a rate over this many trials can show by chance), hits per form, mean kv_fraction and the wall
   time of the method's runs.
 * ``--plot PATH``: one PNG, one row of panels per needle form and one panel per method and setting; each
-  panel a depth x length heatmap of the hit fraction, every cell labelled hits/needles.
+  panel a depth x length heatmap of the hit fraction, every cell labelled hits/needles, the title giving the
+  panel's hits in all and its mean KV bytes (% of fp16).
 """
 
 from __future__ import annotations
@@ -84,17 +85,18 @@ def plot_niah(result: dict, path: str) -> None:
     cells = result["cells"]
     panels = list(dict.fromkeys((c["method"], c["setting"]) for c in cells))
     forms = list(dict.fromkeys(c["form"] for c in cells))
-    figure = new_figure(figsize=(3.2 * len(panels), 3.0 * len(forms)))
+    figure = new_figure(figsize=(3.2 * len(panels), 3.0 * len(forms)), layout="constrained")
     for row, form in enumerate(forms):
         for col, panel in enumerate(panels):
             axes = figure.add_subplot(len(forms), len(panels), row * len(panels) + col + 1)
             mine = [c for c in cells if (c["method"], c["setting"]) == panel and c["form"] == form]
-            _heatmap(axes, mine, f"{form}: {' '.join(panel)}", first=col == 0)
+            _heatmap(axes, mine, f"{form}: {' '.join(panel)}", first=col == 0, last=row == len(forms) - 1)
     save_figure(figure, path)
 
 
-def _heatmap(axes, cells: list[dict], title: str, first: bool) -> None:
-    """Depth x length grid of hits / needles on ``axes``, each cell labelled "hits/needles"."""
+def _heatmap(axes, cells: list[dict], title: str, first: bool, last: bool) -> None:
+    """Depth x length grid of hits / needles on ``axes``, each cell labelled "hits/needles"; the title adds the
+    hits in all and the mean KV bytes (% of fp16)."""
     lengths = sorted({c["length"] for c in cells})
     depths = sorted({c["depth"] for c in cells})
     grid = [[float("nan")] * len(lengths) for _ in depths]
@@ -105,7 +107,7 @@ def _heatmap(axes, cells: list[dict], title: str, first: bool) -> None:
     axes.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
     axes.set_xticks(range(len(lengths)), [str(n) for n in lengths])
     axes.set_yticks(range(len(depths)), [f"{d:g}" for d in depths])
-    axes.set_xlabel("haystack tokens")
+    axes.set_xlabel("haystack tokens" if last else "")
     axes.set_ylabel("needle depth" if first else "")
     hits, needles = sum(c["hits"] for c in cells), sum(c["needles"] for c in cells)
-    axes.set_title(f"{title}: {hits}/{needles}", fontsize=9)
+    axes.set_title(f"{title}: {hits}/{needles} at {100 * _mean_fraction(cells):.0f}% KV", fontsize=9)
