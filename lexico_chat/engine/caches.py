@@ -9,7 +9,7 @@ from lexico_chat.engine.options import SessionOptions
 from lexico_chat.lookup import find_dictionary
 from lexico_chat.models import LoadedModel
 
-__all__ = ["make_cache", "resolve_dictionary"]
+__all__ = ["make_cache", "resolve_dictionary", "use_dense_attention"]
 
 
 def resolve_dictionary(loaded: LoadedModel, options: SessionOptions):
@@ -25,7 +25,12 @@ def resolve_dictionary(loaded: LoadedModel, options: SessionOptions):
 def make_cache(loaded: LoadedModel, options: SessionOptions, dictionary):
     """A fresh, empty cache for one conversation."""
     if not options.cache.lexico:
-        if loaded.model.config._attn_implementation != "sdpa":
-            loaded.model.set_attn_implementation("sdpa")
+        use_dense_attention(loaded.model)
         return DynamicCache(config=loaded.model.config)
     return LexicoCache.from_model(loaded.model, dictionary, options.cache)
+
+
+def use_dense_attention(model) -> None:
+    """Switch ``model`` to transformers' sdpa attention (every cache but Lexico's returns dense keys and values)."""
+    if model.config._attn_implementation != "sdpa":
+        model.set_attn_implementation("sdpa")

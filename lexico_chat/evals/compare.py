@@ -61,6 +61,20 @@ class CompareSettings:
         if negative:
             raise ValueError(f"{', '.join(negative)} must be >= 0, got {negative}")
 
+    def kivi_cache(self, model_config, bits: int):
+        """An empty ``KiviCache`` at ``bits`` bits (``group`` tokens per key group, ``group`` channels per value
+        group, ``residual`` fp16 tokens) for the model of ``model_config``."""
+        from lexico_chat.baselines import KiviCache
+
+        g = self.group
+        return KiviCache(model_config, bits=bits, group=g, value_group=g, residual=self.residual)
+
+    def eviction_cache(self, model_config, window: int):
+        """An empty ``EvictionCache`` keeping ``sink`` first and ``window`` most recent tokens in fp16."""
+        from lexico_chat.baselines import EvictionCache
+
+        return EvictionCache(model_config, sink=self.sink, window=window)
+
 
 def eviction_window(kv_fraction: float, tokens: int, sink: int) -> int:
     """Recent-window size whose sink + window fp16 tokens hold ``kv_fraction`` of ``tokens`` tokens (>= 1)."""
@@ -90,9 +104,8 @@ def compare_eval(
     """
     from transformers import DynamicCache
 
-    from lexico_chat.baselines import EvictionCache, KiviCache
     from lexico_chat.cache import LexicoCache
-    from lexico_chat.evals.harness import attention_restored
+    from lexico_chat.evals.harness import attention_restored, kv_fraction
 
     settings = settings or CompareSettings()
     stage = progress or (lambda name: None)
@@ -107,23 +120,16 @@ def compare_eval(
         rows = [measure("full", "fp16", DynamicCache(config=config), lambda cache: 1.0)]
         for s in settings.sparsities:
             cache = LexicoCache.from_model(model, dictionary, settings.cache.replace(sparsity=s))
-            rows.append(measure("lexico", f"s={s} N={dictionary.meta.atoms}", cache, _memory_fraction))
+            rows.append(measure("lexico", f"s={s} N={dictionary.meta.atoms}", cache, kv_fraction))
         model.set_attn_implementation("sdpa")
         for bits in settings.kivi_bits:
-            g = settings.group
-            cache = KiviCache(config, bits=bits, group=g, value_group=g, residual=settings.residual)
-            rows.append(measure("kivi", f"{bits}-bit", cache, _memory_fraction))
+            rows.append(measure("kivi", f"{bits}-bit", settings.kivi_cache(config, bits), kv_fraction))
         for target in [row for row in rows if row["method"] == "lexico"]:
             window = eviction_window(target["kv_fraction"], tokens, settings.sink)
-            cache = EvictionCache(config, sink=settings.sink, window=window)
+            cache = settings.eviction_cache(config, window)
             setting = f"sink={settings.sink} window={window} (as lexico {target['setting'].split()[0]})"
-            rows.append(measure("eviction", setting, cache, _memory_fraction, settings.eviction_chunk))
+            rows.append(measure("eviction", setting, cache, kv_fraction, settings.eviction_chunk))
     return {"tokens": int(tokens), "rows": rows}
-
-
-def _memory_fraction(cache) -> float:
-    """kv_fraction of any of the caches (``lexico_chat.memory``: the same count for every method)."""
-    return cache.memory().kv_fraction
 
 
 def plot_compare(result: dict, path: str) -> None:

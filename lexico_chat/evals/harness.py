@@ -1,5 +1,5 @@
 """Plumbing shared by the comparison evals (``compare``, ``agreement``, ``niah``): flags, inputs,
-attention switching, the fp16-normalised Lexico byte count, and saving figures."""
+attention switching, the fp16-normalised byte count of any cache (``kv_fraction``), and saving figures."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from lexico_chat.errors import LexicoError
 __all__ = [
     "add_comparison_options",
     "check_sparsities",
+    "kv_fraction",
     "load_text_ids",
     "new_figure",
     "save_figure",
@@ -82,6 +83,12 @@ def attention_restored(model: torch.nn.Module) -> Iterator[None]:
     finally:
         if model.config._attn_implementation != previous:
             model.set_attn_implementation(previous)
+
+
+def kv_fraction(cache) -> float:
+    """Bytes held / fp16 bytes of every token seen, of any cache of this project (``cache.memory()``: the one
+    count of ``lexico_chat.memory`` for Lexico, KIVI and eviction alike)."""
+    return float(cache.memory().kv_fraction)
 
 
 def new_figure(**kwargs):
