@@ -1,7 +1,5 @@
 """``python -m lexico_chat``: the same as the ``lexico-chat`` command."""
 
-import sys
+from lexico_chat.cli import entry
 
-from lexico_chat.cli import main
-
-sys.exit(main())
+entry()

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import logging
+import os
 import sys
+import threading
 
 from lexico_chat.errors import LexicoError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "entry", "main"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,5 +62,40 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The ``lexico-chat`` console command: ``main()``, then an exit that skips the interpreter's teardown.
+
+    Tearing down the modules of torch and transformers takes about 0.9 s on 2 CPU cores, every run, after the
+    work is done. Everything a normal exit does that matters is done first, in the same order: non-daemon threads
+    are joined, atexit handlers run (temporary folders, weakref finalizers), logs and the standard streams are
+    flushed; then the process ends with ``main``'s code. In-process callers (tests) use ``main``.
+
+    The cyclic garbage collector also runs less often (a young collection every 50,000 allocations instead of
+    700): importing torch and transformers otherwise triggers full collections over their ever-growing module
+    graph, about 0.6 s of the 4.4 s the imports take here. Cycles are still collected, in fewer passes.
+    """
+    gc.set_threshold(50_000, 20, 20)
+    try:
+        code = main()
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    exit_now(code)
+
+
+def exit_now(code: int) -> None:
+    """End the process with ``code`` once threads, atexit handlers, logs and streams are done (see ``entry``)."""
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # what the interpreter's own exit would run
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (``| head``) or stream: nothing more can be written
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

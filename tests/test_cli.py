@@ -184,3 +184,28 @@ def test_the_chat_command_parses_without_importing_torch():
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
     assert main(["eval", "omp-speed", "--help"]) == 0  # the eval parsers are there when asked for
+
+
+def test_the_console_entry_exits_like_python_but_without_teardown(tmp_path):
+    """``entry`` (the ``lexico-chat`` command) ends the process with os._exit to skip the interpreter's
+    teardown of torch: a piped stdout still receives everything, a non-daemon thread still finishes first,
+    atexit handlers still run, and the exit code is main's."""
+    import subprocess
+    import sys
+
+    script = (
+        "import atexit, threading, time; from lexico_chat.cli import exit_now\n"
+        "atexit.register(lambda: print('atexit ran', flush=True))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start()\n"
+        "print('x' * 100000, end='')\n"
+        "exit_now(3)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "x" * 100000 + "thread done\natexit ran\n"
+    usage = subprocess.run([sys.executable, "-m", "lexico_chat", "--help"], capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 0 and usage.stdout.startswith("usage: lexico-chat") and usage.stdout.endswith("\n")
+    bad = subprocess.run(
+        [sys.executable, "-m", "lexico_chat", "--sparsity"], capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1 and "Traceback" not in bad.stderr
