@@ -16,9 +16,9 @@ import json
 import torch
 
 from lexico_chat.dictionary import LexicoDictionary
-from lexico_chat.evals.rre import SELECT
 from lexico_chat.lookup import find_dictionary
 from lexico_chat.models import load_model
+from lexico_chat.omp import fastest_select_dtype
 from lexico_chat.textfile import read_text
 from lexico_chat.training.collect import token_windows, window_kv
 from lexico_chat.training.fit import relative_error, sampled_dictionary
@@ -58,8 +58,9 @@ def heldout_vectors(
 
 def mean_error(vectors, dictionary: LexicoDictionary, s: int) -> tuple[float, float]:
     """Mean over layers of the mean relative error of keys and of values."""
-    keys = [relative_error(k, dictionary.keys[i], s, select_dtype=SELECT).mean() for i, (k, _) in enumerate(vectors)]
-    vals = [relative_error(v, dictionary.values[i], s, select_dtype=SELECT).mean() for i, (_, v) in enumerate(vectors)]
+    select = fastest_select_dtype("cpu")  # as the cache selects atoms on this machine
+    keys = [relative_error(k, dictionary.keys[i], s, select_dtype=select).mean() for i, (k, _) in enumerate(vectors)]
+    vals = [relative_error(v, dictionary.values[i], s, select_dtype=select).mean() for i, (_, v) in enumerate(vectors)]
     return float(sum(keys) / len(keys)), float(sum(vals) / len(vals))
 
 
