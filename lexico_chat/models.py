@@ -19,6 +19,7 @@ import torch
 
 from lexico_chat.device import Placement, select_device
 from lexico_chat.errors import LexicoError
+from lexico_chat.heap import retain_freed_memory
 from lexico_chat.model_cache import converted_folder, save_converted
 from lexico_chat.resolve import DEFAULT_MODEL_ID, ModelSource, default_gguf_path, resolve_model
 
@@ -84,8 +85,13 @@ def load_model(
     device : "auto" (CUDA GPU(s), else mps, else CPU), "cpu", "cuda", "cuda:N" or "mps".
     dtype : weight dtype; default bf16 on CUDA, fp16 on mps, fp32 on CPU.
     status : called with a line saying what the load is doing (conversion on first use of a GGUF).
+
+    On the CPU it also keeps freed memory in the process (``lexico_chat.heap``): short-lived tensors of a few
+    MB are otherwise handed back to the system and faulted in again at every step.
     """
     placement = select_device(device, dtype)
+    if placement.device == "cpu":
+        retain_freed_memory()
     source = resolve_model(spec)
     report = status or (lambda text: None)
     if source.kind == "hub":

@@ -19,6 +19,7 @@ from lexico_chat.cache.plan import PlannedCache, layer_plan
 from lexico_chat.config import CacheConfig
 from lexico_chat.dictionary import LexicoDictionary
 from lexico_chat.errors import LexicoError
+from lexico_chat.heap import retain_freed_memory
 from lexico_chat.models import model_dims
 from lexico_chat.rope import RopeProbe, RopeTable, probe_for
 
@@ -76,8 +77,14 @@ class LexicoCache(PlannedCache):
     def from_model(
         cls, model: torch.nn.Module, dictionary: LexicoDictionary, config: CacheConfig | None = None
     ) -> LexicoCache:
-        """A cache for ``model`` (checked against the dictionary); switches the model to "lexico" attention."""
+        """A cache for ``model`` (checked against the dictionary); switches the model to "lexico" attention.
+
+        On the CPU it also keeps freed memory in the process (``lexico_chat.heap.retain_freed_memory``): the
+        attention's and the OMP's working tensors would otherwise be faulted in again at every call."""
         config = (config or CacheConfig()).validate(model_dims(model.config), dictionary)
+        weight = next(model.parameters(), None)
+        if weight is not None and weight.device.type == "cpu":
+            retain_freed_memory()
         use_lexico_attention(model)
         probe = probe_for(model) if dictionary.meta.key_space == "pre_rope" else None
         return cls(dictionary, config, model_config=model.config, rope_probe=probe)
