@@ -25,7 +25,18 @@ import torch
 from lexico_chat.config import DEFAULT_KEY_SPACE, KEY_SPACES
 from lexico_chat.errors import LexicoError
 
-__all__ = ["DEFAULT_KEY_SPACE", "KEY_SPACES", "RopeProbe", "RopeTable", "rotate", "rotate_", "unrotate", "probe_for"]
+__all__ = [
+    "DEFAULT_KEY_SPACE",
+    "KEY_SPACES",
+    "RopeProbe",
+    "RopeTable",
+    "pair_order",
+    "rotate",
+    "rotate_",
+    "rotate_pairs_",
+    "unrotate",
+    "probe_for",
+]
 
 _PROBE_ATTR = "_lexico_rope_probe"
 
@@ -50,6 +61,28 @@ def rotate_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     first = x1.clone()
     x1.mul_(cos).addcmul_(x2, sin, value=-1)
     x2.mul_(cos).addcmul_(first, sin)
+    return x
+
+
+def pair_order(head_dim: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(head_dim,) int64 coordinate order that puts each rotation pair side by side: 0, m/2, 1, m/2 + 1, ….
+
+    In that order a vector is m/2 complex numbers x1_i + i·x2_i and R x is one complex multiply by cos + i·sin
+    (``rotate_pairs_``); a dot product is the same in any order applied to both of its vectors.
+    """
+    return torch.arange(head_dim, device=device).view(2, head_dim // 2).t().reshape(-1)
+
+
+def rotate_pairs_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``rotate`` in place for x (..., m) float32 contiguous in ``pair_order``; cos/sin (..., m/2) broadcastable,
+    any float dtype. One complex multiply: about 4x faster on CPU than ``rotate_`` over the halves. cos and sin as
+    a ``RopeTable`` holds them (side by side in memory) are read as complex numbers directly. Returns x."""
+    if sin.stride() == cos.stride() and cos.stride(-1) == 2 and sin.data_ptr() == cos.data_ptr() + cos.element_size():
+        pairs = cos.as_strided((*cos.shape, 2), (*cos.stride(), 1))  # a RopeTable's (cos, sin): already side by side
+    else:
+        pairs = torch.stack([cos, sin], dim=-1)
+    turn = torch.view_as_complex(pairs.to(torch.float32))
+    torch.view_as_complex(x.view(*x.shape[:-1], -1, 2)).mul_(turn)
     return x
 
 
@@ -147,8 +180,7 @@ class RopeTable:
         self.length = 0
         self.seen = 0
         self.probe: RopeProbe | None = None
-        self._cos: torch.Tensor | None = None
-        self._sin: torch.Tensor | None = None
+        self._turns: torch.Tensor | None = None  # (batch, capacity, m/2, 2): each pair's cos and sin side by side
         self._offsets: list[int] | None = None  # position of slot i is offsets[row] + i ...
         self._positions: torch.Tensor | None = None  # ... unless they are irregular: (batch, capacity) int32
         self.device = torch.device("cpu")
@@ -247,38 +279,38 @@ class RopeTable:
     def append(self, cos: torch.Tensor, sin: torch.Tensor) -> None:
         """Append (batch, t, m/2) cos and sin."""
         b, t, half = cos.shape
-        if self._cos is None:
-            self._cos = cos.new_empty(b, max(t, 64), half, dtype=self.dtype)
-            self._sin = sin.new_empty(b, max(t, 64), half, dtype=self.dtype)
-        if self.length + t > self._cos.shape[1]:
-            capacity = max(self.length + t, 2 * self._cos.shape[1])
-            grown = [x.new_empty(b, capacity, half) for x in (self._cos, self._sin)]
-            for new, old in zip(grown, (self._cos, self._sin)):
-                new[:, : self.length] = old[:, : self.length]
-            self._cos, self._sin = grown
-        self._cos[:, self.length : self.length + t] = cos
-        self._sin[:, self.length : self.length + t] = sin
+        if self._turns is None:
+            self._turns = cos.new_empty(b, max(t, 64), half, 2, dtype=self.dtype)
+        if self.length + t > self._turns.shape[1]:
+            grown = self._turns.new_empty(b, max(self.length + t, 2 * self._turns.shape[1]), half, 2)
+            grown[:, : self.length] = self._turns[:, : self.length]
+            self._turns = grown
+        self._turns[:, self.length : self.length + t, :, 0] = cos
+        self._turns[:, self.length : self.length + t, :, 1] = sin
         self.length += t
 
     def view(self, start: int = 0, stop: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos, sin) of stored tokens start..stop, each (batch, n, m/2) in the table's dtype (views, no copy)."""
+        """(cos, sin) of stored tokens start..stop, each (batch, n, m/2) in the table's dtype (views, no copy).
+
+        They are the two halves of one (batch, n, m/2, 2) block, cos and sin of each pair side by side, so that
+        ``rotate_pairs_`` reads them as complex numbers without interleaving them first."""
         stop = self.length if stop is None else stop
-        if self._cos is None:
+        if self._turns is None:
             raise LexicoError("rotary table is empty")
-        return self._cos[:, start:stop], self._sin[:, start:stop]
+        return self._turns[:, start:stop, :, 0], self._turns[:, start:stop, :, 1]
 
     @property
     def batch(self) -> int | None:
         """Batch rows the table holds (None before the first token)."""
-        if self._cos is not None:
-            return self._cos.shape[0]
+        if self._turns is not None:
+            return self._turns.shape[0]
         if self._positions is not None:
             return self._positions.shape[0]
         return None if self._offsets is None else len(self._offsets)
 
     def select_batch(self, indices: torch.Tensor) -> None:
-        if self._cos is not None:
-            self._cos, self._sin = self._cos[indices], self._sin[indices]
+        if self._turns is not None:
+            self._turns = self._turns[indices]
         if self._positions is not None:
             self._positions = self._positions[indices.to(self._positions.device)]
         if self._offsets is not None:
@@ -286,9 +318,9 @@ class RopeTable:
 
     def nbytes(self, filled: bool = True) -> int:
         held = 0
-        if self._cos is not None:
-            per_token = 2 * self._cos.shape[0] * self._cos.shape[2] * self._cos.element_size()
-            held += per_token * (self.length if filled else self._cos.shape[1])
+        if self._turns is not None:
+            per_token = self._turns[:, 0].numel() * self._turns.element_size()  # cos and sin of every pair
+            held += per_token * (self.length if filled else self._turns.shape[1])
         if self._positions is not None:
             per_token = self._positions.shape[0] * self._positions.element_size()
             held += per_token * (self.seen if filled else self._positions.shape[1])

@@ -20,6 +20,7 @@ from lexico_chat.attention import (
 from lexico_chat.cache import LexicoCache, LexicoLayer
 from lexico_chat.config import CacheConfig
 from lexico_chat.omp import reconstruct
+from lexico_chat.rope import pair_order
 from tests.conftest import random_dictionary, rotate_complex
 
 
@@ -98,13 +99,15 @@ def _on(codes, device):
     return CompressedKV(*(move(getattr(codes, f.name)) for f in dataclasses.fields(codes)))
 
 
+@pytest.mark.parametrize("key_pairs", [False, True])
 @pytest.mark.parametrize("index_bits", [16, 12])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("b,heads,hkv,q_len,tc,tb,m,n,s", CASES)
 def test_pre_rope_codes_match_dense_on_rotated_reconstruction(
-    b, heads, hkv, q_len, tc, tb, m, n, s, device, index_bits, monkeypatch
+    b, heads, hkv, q_len, tc, tb, m, n, s, device, index_bits, key_pairs, monkeypatch
 ):
-    """Pre-RoPE key codes: attention rotates each rebuilt key by its own position's angles."""
+    """Pre-RoPE key codes: attention rotates each rebuilt key by its own position's angles, from atoms in the
+    model's coordinate order or, as a layer holds them, in rotation-pair order."""
     monkeypatch.setattr(reference, "TILE_TOKENS", 32)  # several key tiles
     gen = torch.Generator().manual_seed(tc + tb + q_len + 1)
     codes = _codes(b, hkv, tc, s, m, n, gen)
@@ -113,7 +116,11 @@ def test_pre_rope_codes_match_dense_on_rotated_reconstruction(
     codes = dataclasses.replace(codes, key_rope=rope)
     query = torch.randn(b, heads, q_len, m, generator=gen)
     key_buf, value_buf = torch.randn(b, hkv, tb, m, generator=gen), torch.randn(b, hkv, tb, m, generator=gen)
-    stored = _on(_packed(codes, index_bits), device)
+    stored = _packed(codes, index_bits)
+    if key_pairs:  # the same atoms, rows reordered as LexicoLayer stores them
+        held = codes.key_dictionary[pair_order(m)].t().contiguous().t()
+        stored = dataclasses.replace(stored, key_dictionary=held, key_pairs=True)
+    stored = _on(stored, device)
     out = compressed_attention(
         query.to(device), key_buf.to(device), value_buf.to(device), stored, None, scaling=m**-0.5
     )

@@ -7,7 +7,7 @@ from lexico_chat.cache import LexicoCache
 from lexico_chat.config import CacheConfig
 from lexico_chat.engine.cache_state import export_cache, import_cache
 from lexico_chat.models import model_dims
-from lexico_chat.rope import RopeTable, probe_for, rotate, rotate_, unrotate
+from lexico_chat.rope import RopeTable, pair_order, probe_for, rotate, rotate_, rotate_pairs_, unrotate
 from lexico_chat.training.collect import window_kv
 from tests.conftest import lexico_generate, random_dictionary, rotate_complex
 
@@ -21,6 +21,18 @@ def test_rotate_matches_complex_reference_and_unrotate_inverts(scale):
     torch.testing.assert_close(rotate(x, cos, sin), rotate_complex(x, angles) * scale)
     torch.testing.assert_close(unrotate(rotate(x, cos, sin), cos, sin), x)
     torch.testing.assert_close(rotate_(x.clone(), cos, sin), rotate(x, cos, sin))
+    order = pair_order(16)
+    assert sorted(order.tolist()) == list(range(16)) and order[:4].tolist() == [0, 8, 1, 9]
+    paired = rotate_pairs_(x.float()[..., order].contiguous(), cos.half(), sin.half())  # fp16 table, as stored
+    expected = rotate(x, cos.half().double(), sin.half().double())[..., order]
+    torch.testing.assert_close(paired.double(), expected, rtol=1e-6, atol=1e-6)
+    table = RopeTable()  # a table's (cos, sin) are read in place, side by side: the same rotation
+    table.append(cos.half().expand(3, -1, -1), sin.half().expand(3, -1, -1))
+    held_cos, held_sin = table.view(1, 4)
+    keys = x.float()[:, 1:4, order].contiguous()
+    torch.testing.assert_close(
+        rotate_pairs_(keys.clone(), held_cos, held_sin), rotate_pairs_(keys.clone(), held_cos.clone(), held_sin.clone())
+    )
 
 
 def test_probe_records_the_rotation_the_model_applied(tiny_model):

@@ -15,7 +15,9 @@ Pre-RoPE key codes (``key_rope`` set) cannot use the table: the rotation of toke
 position, so q · R(p_t) D_k c_t is not a lookup in one (N,) table. Their keys are rebuilt
 ``TILE_TOKENS`` at a time (``embedding_bag``, s atoms per token), rotated, and scored with one GEMM per
 tile; the tile is freed at once, so memory stays bounded by one tile, at O(T·s·m) work per query row
-instead of O(N·m + T·s).
+instead of O(N·m + T·s). A layer stores pre-RoPE atoms with each rotation pair side by side
+(``rope.pair_order``), so a rebuilt tile is rotated by one complex multiply and the query is reordered
+to match.
 
 * Scores: the (rows, N) tables of every KV head are stacked into one (heads·N, rows) table and each
   compressed token's score row is a weighted sum of s table rows — exactly what ``embedding_bag``
@@ -41,7 +43,7 @@ from __future__ import annotations
 import torch
 
 from lexico_chat.attention.codes import CompressedKV, coefs_to_float, stored_indices
-from lexico_chat.rope import rotate_
+from lexico_chat.rope import pair_order, rotate_pairs_
 
 __all__ = ["attention_bias", "reference_attention", "VALUES_SPARSE_MAX_ROWS", "TILE_TOKENS", "BLOCK_ELEMENTS"]
 
@@ -190,15 +192,18 @@ def _tiles(indices: torch.Tensor, coefs: torch.Tensor, index_bits: int):
 
 
 def _rope_scores(flat: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
-    # flat: (b, hkv, G, m) -> (b, hkv, G, T); keys rebuilt and rotated one tile at a time
-    atoms = codes.key_dictionary.t()  # (N, m), contiguous when the layer stores pre-RoPE atoms so
+    # flat: (b, hkv, G, m) -> (b, hkv, G, T); keys rebuilt (in rotation-pair order) and rotated one tile at a time
+    order = pair_order(flat.shape[-1], flat.device)
+    atoms = codes.key_dictionary.t()  # (N, m), contiguous and in pair order as a layer stores pre-RoPE atoms
+    if not codes.key_pairs:
+        atoms = atoms[:, order]
     atoms = atoms if atoms.is_contiguous() else atoms.contiguous()
+    flat = flat[..., order].contiguous()  # the query in the keys' order: the dot products are unchanged
     cos, sin = codes.key_rope
     parts = []
     for start, indices, coefs in _tiles(codes.key_indices, codes.key_coefs, codes.index_bits):
         stop = start + indices.shape[2]
-        tile_cos, tile_sin = cos[:, None, start:stop].float(), sin[:, None, start:stop].float()  # fp16 table
-        keys = rotate_(_rebuild(indices, coefs, atoms), tile_cos, tile_sin)
+        keys = rotate_pairs_(_rebuild(indices, coefs, atoms), cos[:, None, start:stop], sin[:, None, start:stop])
         parts.append(flat @ keys.transpose(-1, -2))  # keys: (b, hkv, t, m)
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 

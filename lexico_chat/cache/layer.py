@@ -25,7 +25,7 @@ from lexico_chat.cache.store import CodeStore, TokenBuffer
 from lexico_chat.config import CacheConfig
 from lexico_chat.memory import LayerMemory, fp16_bytes, tensor_bytes
 from lexico_chat.omp import omp, select_dtype_for
-from lexico_chat.rope import RopeProbe, RopeTable, unrotate
+from lexico_chat.rope import RopeProbe, RopeTable, pair_order, unrotate
 
 __all__ = ["LexicoLayer", "LAYER_TAG", "torch_dtype"]
 
@@ -80,9 +80,12 @@ class LexicoLayer(CompactLayer):
         self.dtype, self.device = key_states.dtype, key_states.device
         self.select_dtype = select_dtype_for(self.config.select_dtype, self.device)
         # (head_dim, N) view of a contiguous (N, head_dim) tensor where attention reads atoms as rows
-        # (values, and pre-RoPE keys, which it rebuilds); post-RoPE key atoms feed one GEMM as (m, N)
+        # (values, and pre-RoPE keys, which it rebuilds); post-RoPE key atoms feed one GEMM as (m, N).
+        # Pre-RoPE key atoms are held in rotation-pair order (rope.pair_order): attention rotates the keys it
+        # rebuilds by one complex multiply, and un-rotated keys are put in the same order before OMP
         keys = self._source[0].to(self.device, torch.float32)
-        self.key_dictionary = keys.t().contiguous().t() if self.rope_table is not None else keys.contiguous()
+        self._pairs = pair_order(m, self.device) if self.rope_table is not None else None
+        self.key_dictionary = keys.contiguous() if self._pairs is None else keys[self._pairs].t().contiguous().t()
         self.value_dictionary = self._source[1].to(self.device, torch.float32).t().contiguous().t()
         bits = 12 if self._source[0].shape[1] <= PACKED_MAX_ATOMS else 16  # N <= 4096: 2.5 bytes per atom, not 3
         self.key_codes = CodeStore(b, h, self.key_sparsity, self.coef_dtype, self.device, bits)
@@ -163,7 +166,7 @@ class LexicoLayer(CompactLayer):
                 cos, sin = (
                     x.float().unsqueeze(1) for x in self.rope_table.view(done, done + count)
                 )  # (b, 1, count, m/2)
-                front = unrotate(front.float(), cos, sin)
+                front = unrotate(front.float(), cos, sin)[..., self._pairs]  # the order of the held atoms
             s = store.sparsity
             idx, coef = omp(front.reshape(b * h * count, m), dictionary, s, select_dtype=self.select_dtype)
             store.append(idx.view(b, h, count, s), coef.view(b, h, count, s))
@@ -192,7 +195,7 @@ class LexicoLayer(CompactLayer):
         rope = None if self.rope_table is None else self.rope_table.view(0, self.compressed_length)
         return CompressedKV(
             key_idx, key_coef, value_idx, value_coef, self.key_dictionary, self.value_dictionary, key_rope=rope,
-            index_bits=self.key_codes.index_bits,
+            index_bits=self.key_codes.index_bits, key_pairs=self.rope_table is not None,
         )  # fmt: skip
 
     def get_seq_length(self) -> int:
