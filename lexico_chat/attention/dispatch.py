@@ -1,10 +1,12 @@
-"""``compressed_attention``: the fused Triton decode kernels where they apply, else the PyTorch reference.
+"""``compressed_attention``: the fused Triton decode kernels where they apply, the CPU chunk path for many
+queries (``chunked``: flash attention per tile), else the PyTorch reference.
 
-One predicate, ``decode_eligible``, decides; it reads ``lexico_chat.accel.triton_enabled`` (CUDA, Triton
+One predicate per path decides. ``decode_eligible`` reads ``lexico_chat.accel.triton_enabled`` (CUDA, Triton
 importable, not switched off by ``LEXICO_TRITON=0``) and the shapes the kernels handle: one query token,
 post-RoPE key codes, a mask that is None or one key row per batch row, no sliding window narrower than
 the keys. Triton is optional, so ``lexico_chat.attention.triton_decode`` is imported on the first call
-that qualifies.
+that qualifies. ``chunked.chunk_eligible``: CPU tensors, more query rows per KV head than the decode path
+scatters, no softcap, one mask for every head.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from lexico_chat.accel import triton_enabled
+from lexico_chat.attention.chunked import chunk_attention, chunk_eligible
 from lexico_chat.attention.codes import CompressedKV
 from lexico_chat.attention.reference import reference_attention
 
@@ -86,6 +89,10 @@ def compressed_attention(
         from lexico_chat.attention.triton_decode import decode_attention  # optional dependency, CUDA work only
 
         return decode_attention(query, key, value, compressed, attention_mask, scaling=scaling, softcap=softcap)
+    if chunk_eligible(query, key, compressed, attention_mask, softcap):  # many queries on the CPU: fused per tile
+        return chunk_attention(
+            query, key, value, compressed, attention_mask, scaling=scaling, sliding_window=sliding_window
+        )
     return reference_attention(
         query, key, value, compressed, attention_mask, scaling=scaling, softcap=softcap, sliding_window=sliding_window
     )

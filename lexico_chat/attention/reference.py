@@ -45,7 +45,16 @@ import torch
 from lexico_chat.attention.codes import CompressedKV, coefs_to_float, stored_indices
 from lexico_chat.rope import pair_order, rotate_pairs_
 
-__all__ = ["attention_bias", "reference_attention", "VALUES_SPARSE_MAX_ROWS", "TILE_TOKENS", "BLOCK_ELEMENTS"]
+__all__ = [
+    "attention_bias",
+    "code_tiles",
+    "rebuild_tile",
+    "reference_attention",
+    "tile_atoms",
+    "VALUES_SPARSE_MAX_ROWS",
+    "TILE_TOKENS",
+    "BLOCK_ELEMENTS",
+]
 
 VALUES_SPARSE_MAX_ROWS = 8  # query rows per KV head (GQA group x query tokens) scattered in atom space
 TILE_TOKENS = 4096  # stored tokens decoded (and keys or values rebuilt) at once
@@ -172,7 +181,7 @@ def _compressed_scores(flat: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
     table = table.transpose(-1, -2).reshape(b * hkv * n_atoms, rows)  # uᵀ per head, stacked head after head
     offsets = torch.arange(0, b * hkv * n_atoms, n_atoms, dtype=torch.int32, device=flat.device).view(b, hkv, 1, 1)
     parts = []
-    for _start, indices, coefs in _tiles(codes.key_indices, codes.key_coefs, codes.index_bits):
+    for _start, indices, coefs in code_tiles(codes.key_indices, codes.key_coefs, codes.index_bits):
         t = indices.shape[2]
         bags = (indices + offsets).view(b * hkv * t, s)  # int32 table rows, s per token
         scores = torch.nn.functional.embedding_bag(
@@ -182,7 +191,7 @@ def _compressed_scores(flat: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
 
-def _tiles(indices: torch.Tensor, coefs: torch.Tensor, index_bits: int):
+def code_tiles(indices: torch.Tensor, coefs: torch.Tensor, index_bits: int):
     """(start, int32 indices, fp32 coefs), each (b, hkv, t, s), of ``TILE_TOKENS`` stored tokens at a time:
     codes are decoded one tile at a time, never for the whole store (no wide copy of every code per step)."""
     s = coefs.shape[-1]
@@ -193,17 +202,13 @@ def _tiles(indices: torch.Tensor, coefs: torch.Tensor, index_bits: int):
 
 def _rope_scores(flat: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
     # flat: (b, hkv, G, m) -> (b, hkv, G, T); keys rebuilt (in rotation-pair order) and rotated one tile at a time
-    order = pair_order(flat.shape[-1], flat.device)
-    atoms = codes.key_dictionary.t()  # (N, m), contiguous and in pair order as a layer stores pre-RoPE atoms
-    if not codes.key_pairs:
-        atoms = atoms[:, order]
-    atoms = atoms if atoms.is_contiguous() else atoms.contiguous()
-    flat = flat[..., order].contiguous()  # the query in the keys' order: the dot products are unchanged
+    atoms = tile_atoms(codes, keys=True)
+    flat = flat[..., pair_order(flat.shape[-1], flat.device)].contiguous()  # the keys' order: same dot products
     cos, sin = codes.key_rope
     parts = []
-    for start, indices, coefs in _tiles(codes.key_indices, codes.key_coefs, codes.index_bits):
+    for start, indices, coefs in code_tiles(codes.key_indices, codes.key_coefs, codes.index_bits):
         stop = start + indices.shape[2]
-        keys = rotate_pairs_(_rebuild(indices, coefs, atoms), cos[:, None, start:stop], sin[:, None, start:stop])
+        keys = rotate_pairs_(rebuild_tile(indices, coefs, atoms), cos[:, None, start:stop], sin[:, None, start:stop])
         parts.append(flat @ keys.transpose(-1, -2))  # keys: (b, hkv, t, m)
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
@@ -213,7 +218,7 @@ def _sparse_values(probs: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
     b, hkv, rows, _ = probs.shape
     s = codes.value_coefs.shape[-1]
     weights = probs.new_zeros(b, hkv, rows, codes.value_dictionary.shape[1])  # (b, hkv, G, N)
-    for start, indices, coefs in _tiles(codes.value_indices, codes.value_coefs, codes.index_bits):
+    for start, indices, coefs in code_tiles(codes.value_indices, codes.value_coefs, codes.index_bits):
         t = indices.shape[2]
         src = (probs[..., start : start + t, None] * coefs.unsqueeze(2)).reshape(b, hkv, rows, t * s)
         index = indices.long().reshape(b, hkv, 1, t * s).expand(b, hkv, rows, t * s)
@@ -221,8 +226,18 @@ def _sparse_values(probs: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
     return weights @ codes.value_dictionary.t()
 
 
-def _rebuild(indices: torch.Tensor, coefs: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
-    # indices/coefs: (b, hkv, t, s), atoms: (N, m) contiguous -> (b, hkv, t, m); t <= TILE_TOKENS
+def tile_atoms(codes: CompressedKV, *, keys: bool) -> torch.Tensor:
+    """(N, m) contiguous fp32 atoms ``rebuild_tile`` reads for the keys or the values of ``codes``: pre-RoPE key
+    atoms in ``rope.pair_order`` (free when a layer holds them so, a reordered copy otherwise)."""
+    atoms = (codes.key_dictionary if keys else codes.value_dictionary).t()
+    if keys and codes.key_rope is not None and not codes.key_pairs:
+        atoms = atoms[:, pair_order(atoms.shape[1], atoms.device)]
+    return atoms if atoms.is_contiguous() else atoms.contiguous()
+
+
+def rebuild_tile(indices: torch.Tensor, coefs: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
+    """Dense vectors of one tile of codes: (b, hkv, t, s) int32 indices and fp32 coefs (as ``code_tiles`` gives
+    them) over (N, m) contiguous ``atoms`` -> (b, hkv, t, m) fp32, by one ``embedding_bag``."""
     b, hkv, t, s = indices.shape
     flat = torch.nn.functional.embedding_bag(
         indices.reshape(-1, s), atoms, per_sample_weights=coefs.reshape(-1, s), mode="sum"
@@ -232,9 +247,9 @@ def _rebuild(indices: torch.Tensor, coefs: torch.Tensor, atoms: torch.Tensor) ->
 
 def _tiled_values(probs: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
     # probs: (b, hkv, G, T) -> (b, hkv, G, m)
-    atoms = codes.value_dictionary.t().contiguous()  # (N, m); free when the layer stores it so
+    atoms = tile_atoms(codes, keys=False)  # (N, m); free when the layer stores it so
     out = None
-    for start, indices, coefs in _tiles(codes.value_indices, codes.value_coefs, codes.index_bits):
-        part = probs[..., start : start + indices.shape[2]] @ _rebuild(indices, coefs, atoms)
+    for start, indices, coefs in code_tiles(codes.value_indices, codes.value_coefs, codes.index_bits):
+        part = probs[..., start : start + indices.shape[2]] @ rebuild_tile(indices, coefs, atoms)
         out = part if out is None else out + part
     return out
