@@ -9,6 +9,8 @@ repeats after a warm-up (host clock on CPU).
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from gpu_measure import nan_if_none, time_ms, verdict
 from gpu_model import model_rows
@@ -16,6 +18,7 @@ from gpu_model import model_rows
 from lexico_chat.accel import pytorch_path
 from lexico_chat.attention import CompressedKV, compressed_attention
 from lexico_chat.omp import omp
+from lexico_chat.rope import pair_order
 from tests.kernel_cases import TOLERANCE, check_decode, check_omp, decode_case, unit_dictionary
 
 __all__ = ["describe", "self_check", "attention_op", "omp_rate", "model_rows"]
@@ -53,6 +56,11 @@ def self_check(run, device: torch.device, smoke: bool, has_cache: bool) -> bool:
             dict(kv_heads=1, groups=1, sparsity=4, compressed=1, buffer=0, coef_dtype=torch.float32, **big),
             dict(batch=3, kv_heads=4, groups=2, head_dim=96 if not smoke else 24, atoms=256 if not smoke else 64,
                  sparsity=5, compressed=5000 if not smoke else 100, buffer=17, dtype=torch.bfloat16),
+            dict(kv_heads=8 if not smoke else 2, groups=3, sparsity=8, compressed=3000 if not smoke else 150,
+                 buffer=128 if not smoke else 9, dtype=torch.bfloat16, key_space="pre_rope_pairs", **big),
+            dict(batch=2, kv_heads=2, groups=4, head_dim=64 if not smoke else 16, atoms=1024 if not smoke else 64,
+                 sparsity=4, compressed=777 if not smoke else 77, buffer=5, dtype=torch.float16, mask=True,
+                 key_space="pre_rope"),
         ]  # fmt: skip
         for i, kw in enumerate(cases):
             _poison(device)
@@ -114,6 +122,10 @@ def _attention_at(run, device, ctx: int, shape: tuple, triton_ok: bool, reps: in
         return idx, (0.3 * torch.randn(1, hkv, tc, s, device=device)).to(torch.float8_e4m3fn)
 
     comp = [CompressedKV(*codes(), *codes(), dk, dv) for _ in range(layers)]
+    turns = torch.rand(1, tc, m // 2, device=device) * 6.3  # pre-RoPE codes: the rotary table and pair-ordered atoms
+    rope = (turns.cos().half(), turns.sin().half())
+    dk_pairs = dk[pair_order(m, dk.device)].t().contiguous().t()
+    comp_rope = [dataclasses.replace(c, key_dictionary=dk_pairs, key_rope=rope, key_pairs=True) for c in comp]
 
     def sdpa():
         for i in range(layers):
@@ -124,13 +136,19 @@ def _attention_at(run, device, ctx: int, shape: tuple, triton_ok: bool, reps: in
             for i in range(layers):
                 compressed_attention(q, keys[i, :, :, :buf], values[i, :, :, :buf], comp[i], None, scaling=scale)
 
-    def fused():
+    def fused(stores=comp):
         from lexico_chat.attention.triton_decode import decode_attention  # triton: only where it is installed
 
         for i in range(layers):
-            decode_attention(q, keys[i, :, :, :buf], values[i, :, :, :buf], comp[i], None, scaling=scale)
+            decode_attention(q, keys[i, :, :, :buf], values[i, :, :, :buf], stores[i], None, scaling=scale)
 
-    variants = [("sdpa dense bf16", sdpa), ("lexico pytorch", pytorch)] + [("lexico triton", fused)] * triton_ok
+    def pytorch_rope():
+        with pytorch_path():
+            for i in range(layers):
+                compressed_attention(q, keys[i, :, :, :buf], values[i, :, :, :buf], comp_rope[i], None, scaling=scale)
+
+    variants = [("sdpa dense bf16", sdpa), ("lexico pytorch", pytorch), ("lexico pytorch pre-rope", pytorch_rope)]
+    variants += [("lexico triton", fused), ("lexico triton pre-rope", lambda: fused(comp_rope))] * triton_ok
     times = [(name, run.attempt(f"attention {name} at {ctx}", time_ms, fn, device, reps=reps)) for name, fn in variants]
     if triton_ok and device.type == "cuda":
         times += run.attempt(f"kernel breakdown at {ctx}", _kernel_times, fused) or []

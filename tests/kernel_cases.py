@@ -10,6 +10,7 @@ is a (m, N) view of a contiguous (N, m) tensor, and the query is the (b, heads, 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,7 @@ from lexico_chat.accel import pytorch_path
 from lexico_chat.attention import CompressedKV
 from lexico_chat.attention.reference import reference_attention
 from lexico_chat.omp import omp, reconstruct
+from lexico_chat.rope import RopeTable, pair_order
 
 __all__ = ["DecodeCase", "decode_case", "check_decode", "check_omp", "relative_error", "unit_dictionary", "TOLERANCE"]
 
@@ -57,10 +59,15 @@ def decode_case(
     coef_dtype: torch.dtype = torch.float8_e4m3fn,
     softcap: float | None = None,
     mask: bool = False,
+    key_space: str = "post_rope",
     device: str | torch.device = "cpu",
     seed: int = 0,
 ) -> DecodeCase:
-    """A random problem; ``mask`` adds a random (b, 1, 1, total) bool mask (the last key always attended)."""
+    """A random problem; ``mask`` adds a random (b, 1, 1, total) bool mask (the last key always attended).
+
+    ``key_space``: "post_rope" codes; "pre_rope" codes with the rotation of each compressed token held as a
+    ``RopeTable`` holds it (fp16 cos and sin side by side), atoms in the model's coordinate order; or
+    "pre_rope_pairs", the same with the atoms in rotation-pair order as a ``LexicoLayer`` holds them."""
     gen = torch.Generator().manual_seed(seed)
     b, hkv, m, s = batch, kv_heads, head_dim, sparsity
 
@@ -83,6 +90,14 @@ def decode_case(
         dv = unit_dictionary(m, atoms, gen, device).t().contiguous().t()
         k_idx, k_coef, v_idx, v_coef = (stored((b, hkv, compressed, s), f) for f in (atom_ids, coefs) * 2)
         codes = CompressedKV(k_idx, k_coef, v_idx, v_coef, dk, dv)
+        if key_space != "post_rope":
+            table = RopeTable()
+            angles = torch.rand(b, compressed + 3, m // 2, generator=gen) * 6.3
+            table.append(angles.cos().to(device), angles.sin().to(device))
+            codes = dataclasses.replace(codes, key_rope=table.view(0, compressed))
+        if key_space == "pre_rope_pairs":
+            held = dk[pair_order(m, dk.device)].t().contiguous().t()
+            codes = dataclasses.replace(codes, key_dictionary=held, key_pairs=True)
     query = (3 * torch.randn(b, 1, hkv * groups, m, generator=gen)).to(dtype).to(device).transpose(1, 2)
     key, value = (stored((b, hkv, buffer, m), states) for _ in range(2))
     allowed = None

@@ -329,7 +329,8 @@ def test_chunk_with_keys_and_values_that_lost_the_tag_raises(tiny_model, arch, m
 
 def test_decode_eligible_is_the_one_triton_predicate(monkeypatch):
     """With Triton enabled (forced here) the decode kernels take one query token of a supported dtype over
-    post-RoPE codes, with a one-row mask spanning every key and no narrower sliding window; nothing else."""
+    codes of either key space, with a one-row mask spanning every key and no narrower sliding window; nothing
+    else."""
     monkeypatch.setattr(dispatch, "triton_enabled", lambda tensor: True)
     gen = torch.Generator().manual_seed(13)
     codes = _codes(2, 2, 30, 4, 16, 64, gen)
@@ -339,11 +340,11 @@ def test_decode_eligible_is_the_one_triton_predicate(monkeypatch):
     assert dispatch.decode_eligible(query, key, codes, row_mask, 36)
     assert dispatch.decode_eligible(query, key, None, row_mask[..., :6], None)  # buffer only
     rope = dataclasses.replace(codes, key_rope=(torch.ones(2, 30, 8), torch.zeros(2, 30, 8)))
+    assert dispatch.decode_eligible(query, key, rope, None, None)  # pre-RoPE codes: the kernels rotate
     declined = [
         (torch.randn(2, 4, 2, 16, generator=gen), key, codes, None, None),  # two query tokens
         (query.double(), key, codes, None, None),  # float64
         (torch.randn(2, 3, 1, 16, generator=gen), key, codes, None, None),  # heads not a multiple of kv_heads
-        (query, key, rope, None, None),  # pre-RoPE codes
         (query, key[:, :, :0], None, None, None),  # no keys
         (query, key, codes, None, 35),  # sliding window narrower than the keys
         (query, key, codes, torch.ones(2, 1, 2, 36, dtype=torch.bool), None),  # two mask rows

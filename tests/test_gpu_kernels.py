@@ -60,6 +60,22 @@ if INTERPRETED:
         # the interpreter rounds fp32 -> bf16 toward zero (GPUs round to nearest), hence bf16's wider margin
         assert check_decode(case, splits=splits) < TOLERANCE[dtype]
 
+    ROPE_CASES = [
+        # compressed, buffer, batch, kv_heads, groups, head_dim, sparsity, dtype, coef_dtype, mask
+        (17, 5, 1, 2, 3, 16, 4, torch.float32, torch.float8_e4m3fn, False),  # GQA 3 (padded to 4)
+        (130, 0, 2, 1, 2, 32, 8, torch.float16, torch.float8_e4m3fn, True),  # batch 2, three blocks, no buffer
+        (70, 5, 1, 3, 3, 64, 5, torch.bfloat16, torch.float16, False),  # the default model's head layout, odd s
+    ]
+
+    @pytest.mark.parametrize("tc,tb,b,hkv,g,m,s,dtype,coef_dtype,mask", ROPE_CASES)
+    @pytest.mark.parametrize("key_space", ["pre_rope", "pre_rope_pairs"])
+    @pytest.mark.parametrize("splits", [None, 2])
+    def test_pre_rope_decode_matches_pytorch_path(tc, tb, b, hkv, g, m, s, dtype, coef_dtype, mask, key_space, splits):
+        shape = dict(batch=b, kv_heads=hkv, groups=g, head_dim=m, sparsity=s, compressed=tc, buffer=tb)
+        case = decode_case(**shape, dtype=dtype, coef_dtype=coef_dtype, mask=mask, key_space=key_space, seed=tc + m)
+        assert case.compressed.key_rope is not None
+        assert check_decode(case, splits=splits) < TOLERANCE[dtype]
+
     def test_decode_additive_float_mask():
         case = decode_case(compressed=40, buffer=5, batch=2, mask=True, seed=3)
         bias = torch.zeros(case.mask.shape).masked_fill_(~case.mask, -1e4)

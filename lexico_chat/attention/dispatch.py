@@ -3,7 +3,7 @@ queries (``chunked``: flash attention per tile), else the PyTorch reference.
 
 One predicate per path decides. ``decode_eligible`` reads ``lexico_chat.accel.triton_enabled`` (CUDA, Triton
 importable, not switched off by ``LEXICO_TRITON=0``) and the shapes the kernels handle: one query token,
-post-RoPE key codes, a mask that is None or one key row per batch row, no sliding window narrower than
+key codes of either key space, a mask that is None or one key row per batch row, no sliding window narrower than
 the keys. Triton is optional, so ``lexico_chat.attention.triton_decode`` is imported on the first call
 that qualifies. ``chunked.chunk_eligible``: CPU tensors, more query rows per KV head than the decode path
 scatters, no softcap, one mask for every head.
@@ -40,13 +40,11 @@ def decode_eligible(
     Returns
     -------
     True for CUDA tensors with Triton enabled, q_len == 1, a query dtype in ``DECODE_DTYPES``, heads a
-    multiple of kv_heads, post-RoPE codes (or none) with one sparsity for keys and
+    multiple of kv_heads, codes (post- or pre-RoPE, or none) with one sparsity for keys and
     values, at least one key, a mask None or (b or 1, 1, 1, Tc + Tb),
     and ``sliding_window`` None or >= Tc + Tb.
     """
     if query.shape[2] != 1 or query.dtype not in DECODE_DTYPES or query.shape[1] % key.shape[1]:
-        return False
-    if compressed is not None and compressed.key_rope is not None:  # pre-RoPE codes: the reference rotates tiles
         return False
     if compressed is not None and compressed.key_coefs.shape[-1] != compressed.value_coefs.shape[-1]:
         return False  # the kernels take one sparsity for keys and values

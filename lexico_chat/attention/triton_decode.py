@@ -9,6 +9,10 @@ of two) are handled together, so each code is read once for the whole group. Fou
    compressed tokens by gathering u at their s indices and dotting with their coefficients (s gathers
    + s MACs per token and head, 3s bytes of codes read per token instead of 2·head_dim), the last
    program scores the buffer densely; each writes its scores and its softmax statistics (max, Σexp).
+   Pre-RoPE codes (``key_rope`` set) have no table: the kernel rebuilds each key from its s atoms (the
+   dictionary, N × head_dim, stays in L2), rotates it by its token's (cos, sin) from the rotary table and
+   dots it with the query (s·head_dim gathers + MACs per token, shared by the group); step 1 then only
+   zeroes w.
 3. ``_values_kernel``  merges the statistics into the shared softmax, then scatters p_t · coef_t into
    w[bh, idx_t, g] with atomic adds (compressed splits) or accumulates p_t · v_t (buffer program).
 4. ``_output_kernel``  out[b, h·G + g] = Σ_n w[bh, n, g] · D_v[:, n] + buffer part, in the query dtype.
@@ -60,13 +64,38 @@ def _table_kernel(q_ptr, dk_ptr, u_ptr, w_ptr, scaling, kv_heads, n_atoms, head_
     tl.store(w_ptr + out, tl.zeros_like(u), mask=keep)
 
 
+@triton.jit
+def _rope_key_scores(dk_ptr, cos_ptr, sin_ptr, idx, coef, mask, q1, q2, t, ok, b, dk_sd, dk_sn, r_sb, r_st, r_si,
+                     half, pair_step, pair_off, HALFP: tl.constexpr):  # fmt: skip
+    """Scores (BLOCK_T, GP) of pre-RoPE codes: each key rebuilt from its s atoms, half by half (rotation pair i
+    of the model's order is dictionary rows i·pair_step and i·pair_step + pair_off), rotated by its token's
+    (cos, sin) and dotted with the scaled query halves q1, q2 (GP, HALFP)."""
+    i = tl.arange(0, HALFP)
+    i_ok = i < half
+    atom = dk_ptr + idx[:, :, None] * dk_sn  # (BLOCK_T, SP, 1) atom columns
+    a_mask = mask[:, :, None] & i_ok[None, None, :]
+    a1 = tl.load(atom + (i * pair_step)[None, None, :] * dk_sd, mask=a_mask, other=0.0)
+    a2 = tl.load(atom + (i * pair_step + pair_off)[None, None, :] * dk_sd, mask=a_mask, other=0.0)
+    k1 = tl.sum(a1 * coef[:, :, None], axis=1)  # (BLOCK_T, HALFP)
+    k2 = tl.sum(a2 * coef[:, :, None], axis=1)
+    r_off = b * r_sb + t[:, None] * r_st + i[None, :] * r_si
+    r_mask = ok[:, None] & i_ok[None, :]
+    c = tl.load(cos_ptr + r_off, mask=r_mask, other=0.0).to(tl.float32)
+    sn = tl.load(sin_ptr + r_off, mask=r_mask, other=0.0).to(tl.float32)
+    r1 = k1 * c - k2 * sn
+    r2 = k2 * c + k1 * sn
+    return tl.sum(r1[:, None, :] * q1[None, :, :], axis=2) + tl.sum(r2[:, None, :] * q2[None, :, :], axis=2)
+
+
 @triton.jit(do_not_specialize=_LENGTHS)
 def _scores_kernel(u_ptr, idx_ptr, coef_ptr, q_ptr, k_ptr, bias_ptr, score_ptr, stats_ptr, scaling, softcap,
                    n_comp, n_buf, chunk, n_split, kv_heads, n_atoms, head_dim,
                    c_sb, c_sh, q_sb, q_sh, q_sd, k_sb, k_sh, k_st, k_sd, bias_sb,
+                   dk_ptr, cos_ptr, sin_ptr, dk_sd, dk_sn, r_sb, r_st, r_si, half, pair_step, pair_off,
                    G: tl.constexpr, GP: tl.constexpr, S: tl.constexpr, SP: tl.constexpr, DP: tl.constexpr,
                    BLOCK_T: tl.constexpr, BLOCK_TB: tl.constexpr, MAX_SPLITS: tl.constexpr, FP8: tl.constexpr,
-                   HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr):  # fmt: skip
+                   HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr, ROPE: tl.constexpr,
+                   HALFP: tl.constexpr):  # fmt: skip
     bh, split = tl.program_id(0), tl.program_id(1)
     b, h = bh // kv_heads, bh % kv_heads
     total = n_comp + n_buf
@@ -80,12 +109,22 @@ def _scores_kernel(u_ptr, idx_ptr, coef_ptr, q_ptr, k_ptr, bias_ptr, score_ptr, 
         table = u_ptr + bh * n_atoms * GP
         start = split * chunk
         stop = tl.minimum(start + chunk, n_comp)
+        if ROPE:  # the query's two halves, scaled, for the rebuilt keys
+            i = tl.arange(0, HALFP)
+            q_mask = (g < G)[:, None] & (i < half)[None, :]
+            q_row = q_ptr + b * q_sb + (h * G + g)[:, None] * q_sh
+            q1 = tl.load(q_row + i[None, :] * q_sd, mask=q_mask, other=0.0).to(tl.float32) * scaling
+            q2 = tl.load(q_row + (half + i)[None, :] * q_sd, mask=q_mask, other=0.0).to(tl.float32) * scaling
         for t0 in range(start, stop, BLOCK_T):
             t = t0 + tl.arange(0, BLOCK_T)
             ok = t < stop
             idx, coef, mask = code_block(idx_ptr + codes, coef_ptr + codes, t, ok, S, SP, FP8)
-            u = tl.load(table + idx[:, :, None] * GP + g[None, None, :], mask=mask[:, :, None], other=0.0)
-            sc = tl.sum(u * coef[:, :, None], axis=1)  # (BLOCK_T, GP)
+            if ROPE:
+                sc = _rope_key_scores(dk_ptr, cos_ptr, sin_ptr, idx, coef, mask, q1, q2, t, ok, b, dk_sd, dk_sn,
+                                      r_sb, r_st, r_si, half, pair_step, pair_off, HALFP)  # fmt: skip
+            else:
+                u = tl.load(table + idx[:, :, None] * GP + g[None, None, :], mask=mask[:, :, None], other=0.0)
+                sc = tl.sum(u * coef[:, :, None], axis=1)  # (BLOCK_T, GP)
             sc = finish_scores(sc, t, ok, bias_row, softcap, HAS_BIAS, SOFTCAP)
             tl.store(rows + t[:, None] * GP + g[None, :], sc, mask=ok[:, None])
             m_i, l_i = online_stats(m_i, l_i, sc)
@@ -218,32 +257,40 @@ def decode_attention(
     out = torch.empty(b, 1, heads, m, dtype=query.dtype, device=query.device)
     bias = _bias(attention_mask, work[4])
     codes = _all_codes(compressed if n_comp else None, work[4])
+    rope = _rope(compressed if n_comp else None, work[4])
     meta = dict(G=heads // kv_heads, GP=gp, DP=dp)
     blocks = dict(S=codes[0].shape[-1] if n_comp else 1, BLOCK_T=BLOCK_T, BLOCK_TB=BLOCK_TB, MAX_SPLITS=MAX_SPLITS)
     blocks["SP"] = pow2(blocks["S"])
     lengths = (n_comp, n_buf, chunk, n_split, kv_heads, n_atoms, m)
     with on_device(query.device):
-        _launch(query, key, value, codes, bias, work, out, (scaling, softcap), lengths, meta, blocks)
+        _launch(query, key, value, codes, rope, bias, work, out, (scaling, softcap), lengths, meta, blocks)
     return out
 
 
-def _launch(query, key, value, codes, bias, work, out, scale, lengths, meta, blocks) -> None:
-    """The four kernels; ``codes`` from ``_all_codes``, ``bias`` from ``_bias``, ``work`` the five workspaces."""
+def _launch(query, key, value, codes, rope, bias, work, out, scale, lengths, meta, blocks) -> None:
+    """The four kernels (three for pre-RoPE codes, which need no table); ``codes`` from ``_all_codes``, ``rope``
+    from ``_rope``, ``bias`` from ``_bias``, ``work`` the five workspaces."""
     k_idx, k_coef, k_fp8, v_idx, v_coef, v_fp8, dk, dv = codes
     table, weights, scores, stats, obuf = work
     (scaling, softcap), (bias, bias_sb) = scale, bias
     n_comp, n_split, kv_heads, n_atoms, m = lengths[0], lengths[3], lengths[4], lengths[5], lengths[6]
     bh = query.shape[0] * kv_heads
     q_strides = (query.stride(0), query.stride(1), query.stride(3))
-    if n_comp:
+    pre_rope = rope[0] is not None
+    if n_comp and pre_rope:
+        weights.zero_()  # the table kernel's other job; pre-RoPE scores rebuild keys instead of reading a table
+    elif n_comp:
         _table_kernel[(bh, triton.cdiv(n_atoms, TABLE_BLOCK_N))](
             query, dk, table, weights, scaling, kv_heads, n_atoms, m, *q_strides, dk.stride(0), dk.stride(1),
             BLOCK_N=TABLE_BLOCK_N, BLOCK_D=16, **meta,
         )  # fmt: skip
+    cos, sin, rope_strides, (pair_step, pair_off) = rope[1:]
     _scores_kernel[(bh, n_split + 1)](
         table, k_idx, k_coef, query, key, bias, scores, stats, scaling, softcap or 1.0, *lengths,
         *k_idx.stride()[:2], *q_strides, *key.stride(), bias_sb,
-        FP8=k_fp8, HAS_BIAS=bias_sb >= 0, SOFTCAP=softcap is not None, **meta, **blocks,
+        dk, cos, sin, dk.stride(0), dk.stride(1), *rope_strides, m // 2, pair_step, pair_off,
+        FP8=k_fp8, HAS_BIAS=bias_sb >= 0, SOFTCAP=softcap is not None, ROPE=pre_rope, HALFP=pow2(max(m // 2, 1), 16),
+        **meta, **blocks,
     )  # fmt: skip
     _values_kernel[(bh, n_split + 1)](
         scores, stats, v_idx, v_coef, value, weights, obuf, *lengths, *v_idx.stride()[:2], *value.stride(),
@@ -273,6 +320,19 @@ def _all_codes(compressed: CompressedKV | None, dummy: torch.Tensor) -> tuple:
     keys = _codes(compressed.key_indices, compressed.key_coefs)
     values = _codes(compressed.value_indices, compressed.value_coefs)
     return (*keys, *values, compressed.key_dictionary, compressed.value_dictionary)
+
+
+def _rope(compressed: CompressedKV | None, dummy: torch.Tensor) -> tuple:
+    """(key_rope marker or None, cos, sin, (batch, token, pair) strides of both, (pair_step, pair_off)) for the
+    scores kernel: pair i of the model's order is dictionary rows i·pair_step and i·pair_step + pair_off."""
+    if compressed is None or compressed.key_rope is None:
+        return None, dummy, dummy, (0, 0, 0), (1, 0)
+    cos, sin = compressed.key_rope
+    if sin.stride() != cos.stride():
+        cos, sin = cos.contiguous(), sin.contiguous()
+    strides = (cos.stride(0) if cos.shape[0] > 1 else 0, cos.stride(1), cos.stride(2))
+    half = compressed.key_dictionary.shape[0] // 2
+    return True, cos, sin, strides, (2, 1) if compressed.key_pairs else (1, half)
 
 
 def _codes(indices: torch.Tensor, coefs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
