@@ -114,28 +114,36 @@ def select_dtype_for(name: str, device: torch.device | str) -> torch.dtype:
 
 def fastest_select_dtype(device: torch.device | str) -> torch.dtype:
     """The atom-selection dtype "auto" stands for on ``device``: bfloat16 on CUDA (bf16 matrix units, the
-    fused pursuit), else bfloat16 only where a short timed probe finds its GEMM ``BF16_GAIN`` times faster
-    than fp32 (CPUs with AMX or AVX512-BF16), else float32: exact OMP. On AVX2 CPUs bf16 GEMMs are emulated,
-    about a hundred times slower than fp32 (0.5 against 60 GFLOP/s for (512, 64)·(64, 4096) on this
-    project's 2-core machine).
-    Probed once per device type per process (about 30 ms where bf16 is slow)."""
+    fused pursuit), else bfloat16 only on a CPU with bf16 instructions (AVX512-BF16 or AMX) where a short timed
+    OMP codes ``BF16_GAIN`` times faster with it, else float32: exact OMP. Without bf16 instructions bf16 GEMMs
+    are emulated, about a hundred times slower than fp32 (0.5 against 60 GFLOP/s on an AVX2 machine), and no
+    probe runs. With them the probe times OMP itself: on a 2-core AMX machine bf16 GEMMs were 4.5x faster but
+    bf16-selection OMP coded 38.1k vectors/s against 38.5k (the passes over the correlations dominate), and a
+    probe of the bare GEMM at a small shape crossed the threshold in some runs and not in others.
+    Probed once per device type per process (about 40 ms where it runs)."""
     kind = torch.device(device).type
     return torch.bfloat16 if kind == "cuda" else _probed_select_dtype(kind)
 
 
+def _bf16_instructions() -> bool:
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if callable(check))
+
+
 @functools.cache
 def _probed_select_dtype(kind: str) -> torch.dtype:
-    if kind != "cpu":
+    if kind != "cpu" or not _bf16_instructions():
         return torch.float32
     gen = torch.Generator().manual_seed(0)
-    x, d = torch.randn(64, 64, generator=gen), torch.randn(64, 1024, generator=gen)
+    x, d = torch.randn(512, 64, generator=gen), torch.randn(64, 1024, generator=gen)
+    d = d / d.norm(dim=0)
 
     def best(dtype: torch.dtype) -> float:
-        a, b = x.to(dtype), d.to(dtype)
         times = []
         for _ in range(3):
             start = time.perf_counter()
-            a @ b
+            omp(x, d, 8, select_dtype=dtype)
             times.append(time.perf_counter() - start)
         return min(times)
 

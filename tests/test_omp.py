@@ -93,12 +93,17 @@ def test_bf16_selection_keeps_quality():
 
 @pytest.mark.parametrize("bf16_seconds,expected", [(1.0, torch.float32), (0.4, torch.bfloat16), (0.6, torch.float32)])
 def test_auto_selection_takes_bf16_only_where_it_is_clearly_faster(monkeypatch, bf16_seconds, expected):
-    """The "auto" selection is bf16 on CUDA; on a CPU only when its timed GEMM is BF16_GAIN (2x) faster than fp32."""
+    """The "auto" selection is bf16 on CUDA; on a CPU with bf16 instructions only when its timed OMP is BF16_GAIN
+    (2x) faster than fp32; without them fp32, and nothing is timed."""
     clock = iter([0.0, bf16_seconds, 0.0, bf16_seconds, 0.0, bf16_seconds, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0])
     monkeypatch.setattr(omp_module.time, "perf_counter", lambda: next(clock))
     omp_module._probed_select_dtype.cache_clear()
     try:
+        monkeypatch.setattr(omp_module, "_bf16_instructions", lambda: True)
         assert fastest_select_dtype("cpu") == expected
+        omp_module._probed_select_dtype.cache_clear()
+        monkeypatch.setattr(omp_module, "_bf16_instructions", lambda: False)
+        assert fastest_select_dtype("cpu") == torch.float32  # emulated bf16: no probe (the clock is used up)
     finally:
         omp_module._probed_select_dtype.cache_clear()
     assert fastest_select_dtype("cuda") == torch.bfloat16 and fastest_select_dtype("meta") == torch.float32
