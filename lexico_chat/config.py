@@ -22,6 +22,7 @@ __all__ = [
     "COEF_DTYPES",
     "SELECT_DTYPES",
     "BUFFER_DTYPES",
+    "LAYER_BUDGETS",
     "MAX_ATOMS",
 ]
 
@@ -30,6 +31,7 @@ COEF_DTYPES = ("float8_e4m3fn", "float16", "float32")  # coefficient storage
 SELECT_DTYPES = ("auto", "bfloat16", "float16", "float32")  # OMP's atom-selection GEMM ("auto": per device)
 BUFFER_DTYPES = ("auto", "float16", "bfloat16", "float32")  # full-precision buffer ("auto": see buffer_dtype)
 MAX_ATOMS = 32767  # indices are stored as int16
+LAYER_BUDGETS = ("uniform", "profile")  # the same s in every layer, or s per layer from the dictionary's profile
 KEY_SPACES = ("post_rope", "pre_rope")  # where dictionaries code keys: after RoPE (the paper) or before it
 DEFAULT_KEY_SPACE = "pre_rope"  # a third less error at the same sparsity (DESIGN.md); trainer and CLI read it
 
@@ -53,6 +55,10 @@ class CacheConfig:
     buffer_dtype : storage of the full-precision buffer, one of ``BUFFER_DTYPES``; "auto" keeps a 16-bit
         model dtype and holds an fp32 model's buffer (CPU) in fp16; "float32" with fp32 coefficients and
         s = head_dim over an identity dictionary is lossless.
+    layer_budget : one of ``LAYER_BUDGETS``; "profile" spends the bytes of ``sparsity`` atoms per vector unevenly
+        over the layers, by the dictionary's measured sensitivity profile (``lexico_chat.budget``); "uniform"
+        (default) gives every layer ``sparsity``. The profile measures perplexity: it lowers it at every s, but
+        at s = 8 it lost a planted fact that the uniform budget finds, so it is not the default.
     """
 
     kind: str = "lexico"
@@ -65,6 +71,7 @@ class CacheConfig:
     buffer_dtype: str = "auto"
     key_sparsity: int | None = None
     value_sparsity: int | None = None
+    layer_budget: str = "uniform"
 
     def __post_init__(self) -> None:
         _one_of("kind", self.kind, CACHE_KINDS)
@@ -77,6 +84,12 @@ class CacheConfig:
         _one_of("coef_dtype", self.coef_dtype, COEF_DTYPES)
         _one_of("select_dtype", self.select_dtype, SELECT_DTYPES)
         _one_of("buffer_dtype", self.buffer_dtype, BUFFER_DTYPES)
+        _one_of("layer_budget", self.layer_budget, LAYER_BUDGETS)
+        if self.layer_budget == "profile" and (self.key_sparsity is not None or self.value_sparsity is not None):
+            raise LexicoError(
+                "--layer-budget profile gives keys and values of a layer the same sparsity: "
+                "drop --key-sparsity / --value-sparsity"
+            )
 
     @property
     def lexico(self) -> bool:
@@ -95,7 +108,13 @@ class CacheConfig:
     def sparsity_label(self) -> str:
         """``8``, or ``k6/v10`` when keys and values differ (shown as ``s=…``)."""
         k, v = self.sparsity_k, self.sparsity_v
-        return str(k) if k == v else f"k{k}/v{v}"
+        label = str(k) if k == v else f"k{k}/v{v}"
+        return label + " per layer" if self.layer_budget == "profile" else label
+
+    def profiled(self, dictionary) -> bool:
+        """Whether the layers of a cache over ``dictionary`` (or its meta) get their own sparsity."""
+        meta = getattr(dictionary, "meta", dictionary)
+        return self.layer_budget == "profile" and meta is not None and meta.layer_sensitivity is not None
 
     def validate(self, dims=None, dictionary=None) -> CacheConfig:
         """Check the settings against a model and a dictionary; returns ``self``.
@@ -120,6 +139,11 @@ class CacheConfig:
         for name in _SPARSITIES:
             if name == "sparsity" or getattr(self, name) is not None:
                 _int_in(name, getattr(self, name), 1, high)
+        if self.layer_budget == "profile" and dictionary is not None and dictionary.meta.layer_sensitivity is None:
+            raise LexicoError(
+                "--layer-budget profile needs a dictionary with a measured layer sensitivity profile "
+                "(python benchmarks/layer_sensitivity.py DICTIONARY --write); this one has none"
+            )
         return self
 
     def replace(self, **changes) -> CacheConfig:

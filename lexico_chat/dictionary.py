@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,20 @@ class DictionaryMeta:
     heldout: dict = field(default_factory=dict)  # {"keys": {"4": rre, ...}, "values": {...}}
     format_version: int = FORMAT_VERSION
     key_space: str = "post_rope"  # what the key atoms code: "post_rope" or "pre_rope" (lexico_chat.rope)
+    # per layer, the perplexity one layer adds at few atoms (lexico_chat.budget); None: not measured
+    layer_sensitivity: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        profile = self.layer_sensitivity
+        if profile is None:
+            return
+        if isinstance(profile, str | bytes) or not hasattr(profile, "__len__") or len(profile) != self.num_layers:
+            raise ValueError(
+                f"layer_sensitivity must list one number per layer ({self.num_layers}), got {profile!r:.60}"
+            )
+        if not all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in profile):
+            raise ValueError("layer_sensitivity must hold finite numbers")
+        object.__setattr__(self, "layer_sensitivity", tuple(float(x) for x in profile))
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -58,7 +73,8 @@ class DictionaryMeta:
     def from_json(cls, text: str) -> DictionaryMeta:
         data = json.loads(text)
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = names - set(data) - {"corpus", "seed", "heldout", "format_version", "key_space"}
+        optional = {"corpus", "seed", "heldout", "format_version", "key_space", "layer_sensitivity"}
+        missing = names - set(data) - optional
         if missing:
             raise ValueError(f"metadata lacks {sorted(missing)}")
         if data.get("key_space", "post_rope") not in KEY_SPACES:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lexico_chat.config import CACHE_KINDS, CacheConfig
+from lexico_chat.config import CACHE_KINDS, LAYER_BUDGETS, CacheConfig
 from lexico_chat.training import DEFAULT_BUDGET_S
 
 DEFAULTS = CacheConfig()  # every cache flag's default comes from here
@@ -67,6 +67,13 @@ def add_dictionary_options(parser: argparse.ArgumentParser, *, defaults: bool = 
             default=None,
             help=f"atoms per {part} vector, when it should differ from --sparsity",
         )
+    parser.add_argument(
+        "--layer-budget",
+        choices=LAYER_BUDGETS,
+        default=d and d.layer_budget,
+        help="'profile': spend the bytes of --sparsity unevenly over the layers, by the dictionary's measured "
+        f"sensitivity (lower perplexity; see the README for retrieval); default {DEFAULTS.layer_budget}",
+    )
 
 
 def add_cache_options(parser: argparse.ArgumentParser, *, defaults: bool = True) -> None:
@@ -91,6 +98,7 @@ CACHE_FLAGS = (
     "sparsity",
     "key_sparsity",
     "value_sparsity",
+    "layer_budget",
     "atoms",
     "buffer",
     "window",

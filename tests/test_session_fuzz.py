@@ -22,7 +22,7 @@ from lexico_chat.config import CacheConfig
 from lexico_chat.dictionary import LexicoDictionary
 from lexico_chat.engine.options import SessionOptions
 from lexico_chat.engine.session import ChatSession
-from lexico_chat.engine.session_file import META_KEY, digest
+from lexico_chat.engine.session_file import META_KEY, OLDER_SETTINGS, digest, read_session_file
 from lexico_chat.engine.types import SamplingConfig
 from tests.tiny_cli import FLAGS, assert_one_line_error, run_cli, save_dictionary, serve_tiny_model, tiny_loaded
 
@@ -142,12 +142,12 @@ def meta_mutations(world: World) -> list:
     cases += [(f"format={v!r}", _set(("format",), v)) for v in (1, 3, "2", 2.0, True, None, 2**63)]
     cases += [(f"model_id={v!r:.20}", _set(("model_id",), v)) for v in (None, 5, "", "x" * 2000, [], "other/model")]
     cases += [(f"settings={v!r}", _set(("settings",), v)) for v in (None, [], "x", 5, {})]
-    for key in meta["settings"]:
+    for key in [k for k in meta["settings"] if k not in OLDER_SETTINGS]:  # those, older files lack: test below
         cases.append((f"drop settings.{key}", _drop(("settings", key))))
     for key in [k for k in ("sparsity", "atoms", "buffer", "window") if k in meta["settings"]]:
         cases += [(f"settings.{key}={v!r:.20}", _set(("settings", key), v)) for v in BAD_INTS]
         cases.append((f"settings.{key} other", _set(("settings", key), meta["settings"][key] + 1)))
-    for key in ("kind", "coef_dtype", "select_dtype", "buffer_dtype"):
+    for key in ("kind", "coef_dtype", "select_dtype", "buffer_dtype", "layer_budget"):
         cases += [(f"settings.{key}={v!r}", _set(("settings", key), v)) for v in BAD_STRINGS]
     cases += [("settings.kind=full", _set(("settings", "kind"), "full")),
               ("settings.coef_dtype=float16", _set(("settings", "coef_dtype"), "float16")),
@@ -249,6 +249,15 @@ def test_forged_session_files_are_refused_in_one_line(worlds, tmp_path, monkeypa
         assert str(forged) in err, (label, err)
     assert not accepted, f"{len(accepted)} forged files were accepted: {accepted}"
     assert forged_count >= 200
+
+
+def test_files_saved_before_a_setting_existed_resume_under_its_old_meaning(worlds, tmp_path, monkeypatch, capsys):
+    """A session saved before ``layer_budget`` existed has no such setting; it was a uniform budget then."""
+    world, older = worlds["lexico"], tmp_path / "older.lexico"
+    assert forge(world, older, _drop(("settings", "layer_budget")))
+    assert read_session_file(older).settings["layer_budget"] == OLDER_SETTINGS["layer_budget"] == "uniform"
+    code, out, err = world.cli(monkeypatch, capsys, "--resume", older, "--prompt", TURN2)
+    assert code == 0 and out.strip(), err
 
 
 def test_flipped_bytes_are_refused_in_one_line(worlds, tmp_path, monkeypatch, capsys):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from lexico_chat.attention import ATTENTION_NAME, LAYER_TAG, use_lexico_attention
+from lexico_chat.budget import sparsity_plan
 from lexico_chat.cache.layer import LexicoLayer
 from lexico_chat.cache.plan import PlannedCache, layer_plan
 from lexico_chat.config import CacheConfig
@@ -64,9 +65,13 @@ class LexicoCache(PlannedCache):
         if len(kinds) != dictionary.meta.num_layers:
             raise LexicoError(f"dictionary has {dictionary.meta.num_layers} layers but the model has {len(kinds)}")
 
+        self.sparsities = sparsity_plan(config, dictionary.meta)  # (key, value) atoms of every layer
+
         def make_layer(index: int) -> LexicoLayer:
             keys, values = dictionary.layer(index)
-            return LexicoLayer(keys, values, config, rope=rope)
+            layer = LexicoLayer(keys, values, config, rope=rope)
+            layer.key_sparsity, layer.value_sparsity = self.sparsities[index]
+            return layer
 
         super().__init__(make_layer, model_config, dictionary.meta.num_layers)
         self._model_config = None if model_config is None else model_config.get_text_config(decoder=True)

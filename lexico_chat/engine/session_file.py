@@ -42,6 +42,7 @@ __all__ = [
     "SESSION_FORMAT",
     "META_KEY",
     "MAX_MAGNITUDE",
+    "OLDER_SETTINGS",
     "SavedSession",
     "check_fits",
     "digest",
@@ -115,9 +116,9 @@ class _Check:
         if not ok:
             self.fail(what)
 
-    def fields(self, value, name: str, expected: set[str]) -> None:
+    def fields(self, value, name: str, expected: set[str], optional: frozenset[str] = frozenset()) -> None:
         self.that(isinstance(value, dict), f"{name} must be an object, got {type(value).__name__}")
-        missing, extra = sorted(expected - value.keys()), sorted(value.keys() - expected)
+        missing, extra = sorted(expected - value.keys() - optional), sorted(value.keys() - expected)
         self.that(not missing, f"{name} lacks {', '.join(missing)}")
         self.that(not extra, f"{name} has unknown fields {', '.join(extra)[:80]}")
 
@@ -154,6 +155,8 @@ def read_session_file(path: str | os.PathLike) -> SavedSession:
     if claimed != digest(tensors, meta):
         raise LexicoError(f"{path} fails its checksum: the file was modified or damaged")
     _check_meta(check, meta)
+    if meta["settings"]["kind"] == "lexico":  # saved before a setting existed: it was saved under its old meaning
+        meta["settings"] = {**OLDER_SETTINGS, **meta["settings"]}
     config = CacheConfig(**_config_fields(meta["settings"])) if meta["settings"]["kind"] == "lexico" else None
     _check_tensors(check, tensors, meta["layers"], config)
     transcript = [Message(m["role"], m["content"]) for m in meta["transcript"]]
@@ -203,6 +206,10 @@ def _check_meta(check: _Check, meta: dict) -> None:
             check.integer(fact["seen"], f"layers[{i}].seen")
 
 
+OLDER_SETTINGS = {"layer_budget": "uniform"}  # settings older sessions lack, with what those sessions used
+_NEWER_SETTINGS = frozenset(OLDER_SETTINGS)
+
+
 def _check_settings(check: _Check, settings) -> None:
     check.that(isinstance(settings, dict), f"settings must be an object, got {type(settings).__name__}")
     kind = settings.get("kind")
@@ -211,7 +218,7 @@ def _check_settings(check: _Check, settings) -> None:
         check.fields(settings, "settings", {"kind", "dictionary"})
         check.that(settings["dictionary"] is None, "settings.dictionary must be null for a full cache")
         return
-    check.fields(settings, "settings", set(CacheConfig.__dataclass_fields__) | {"dictionary"})
+    check.fields(settings, "settings", set(CacheConfig.__dataclass_fields__) | {"dictionary"}, _NEWER_SETTINGS)
     fingerprint = settings["dictionary"]
     check.that(
         isinstance(fingerprint, str) and len(fingerprint) == 64 and all(c in "0123456789abcdef" for c in fingerprint),
@@ -266,6 +273,9 @@ def _check_lexico_layer(check: _Check, i: int, parts: list[torch.Tensor], config
     ):
         check.tensor(idx, f"layer{i}.{name}_idx", (torch.int16,), 4)
         check.tensor(coef, f"layer{i}.{name}_coef", (coef_dtype,), 4)
+        if config.layer_budget != "uniform":  # s per layer from the dictionary's profile: checked against the
+            s = idx.shape[-1]  # cache built from it when the session is loaded (check_fits); here only its range
+            check.that(1 <= s <= 2 * config.sparsity, f"layer{i}.{name}_idx holds {s} atoms per vector")
         check.that(
             idx.shape[-1] == s, f"layer{i}.{name}_idx holds {idx.shape[-1]} atoms per vector, the settings say {s}"
         )
