@@ -85,11 +85,22 @@ def layer_sparsities(
 def sparsity_plan(config, meta) -> list[tuple[int, int]]:
     """(key, value) atoms per vector of every layer for a ``CacheConfig`` and a ``DictionaryMeta``: the config's
     sparsities in every layer, or where ``config.profiled(meta)`` the allocation of ``layer_sparsities``
-    (between 1 and min(head_dim, atoms, 2 · sparsity) atoms)."""
+    between ``sparsity // 2`` (at least 1) and min(head_dim, atoms, 2 · sparsity) atoms.
+
+    The floor is for retrieval, which the perplexity profile does not see. Without it, s = 8 gave the quietest
+    layers 2 atoms and ``make quality`` missed a planted fact that uniform s = 8 finds. With it the fact is found,
+    and perplexity on 4,096 held-out tokens is 21.42 against 21.41 without the floor and 21.60 uniform."""
     if not config.profiled(meta):
         return [(config.sparsity_k, config.sparsity_v)] * meta.num_layers
     high = min(meta.head_dim, meta.atoms, 2 * config.sparsity)
     index_bits = 12 if meta.atoms <= PACKED_MAX_ATOMS else 16
     coef = {"float8_e4m3fn": 1, "float16": 2, "float32": 4}[config.coef_dtype]
-    plan = layer_sparsities(meta.layer_sensitivity, config.sparsity, high=high, index_bits=index_bits, coef_bytes=coef)
+    plan = layer_sparsities(
+        meta.layer_sensitivity,
+        config.sparsity,
+        low=max(1, config.sparsity // 2),
+        high=high,
+        index_bits=index_bits,
+        coef_bytes=coef,
+    )
     return [(s, s) for s in plan]

@@ -72,7 +72,7 @@ def add_dictionary_options(parser: argparse.ArgumentParser, *, defaults: bool = 
         choices=LAYER_BUDGETS,
         default=d and d.layer_budget,
         help="'profile': spend the bytes of --sparsity unevenly over the layers, by the dictionary's measured "
-        f"sensitivity (lower perplexity; see the README for retrieval); default {DEFAULTS.layer_budget}",
+        f"sensitivity (lower perplexity at the same bytes; see the README); default {DEFAULTS.layer_budget}",
     )
 
 

@@ -142,3 +142,14 @@ def test_uniform_is_the_default_and_ignores_a_profile(tiny_model):
     split = config.replace(key_sparsity=5, value_sparsity=3)
     assert sparsity_plan(split, profiled.meta) == [(5, 3)] * profiled.meta.num_layers
     assert len(set(sparsity_plan(config.replace(layer_budget="profile"), profiled.meta))) > 1
+
+
+def test_a_profiled_plan_keeps_half_the_atoms_in_every_layer(tiny_model):
+    """The floor that keeps retrieval: no layer below sparsity // 2, none above 2 * sparsity, bytes within."""
+    profiled = _profiled(tiny_model("llama"))
+    for sparsity in (2, 4, 8):
+        plan = [
+            k for k, _ in sparsity_plan(CacheConfig(sparsity=sparsity, atoms=64, layer_budget="profile"), profiled.meta)
+        ]
+        assert min(plan) >= max(1, sparsity // 2) and max(plan) <= 2 * sparsity
+        assert sum(code_bytes(k) for k in plan) <= len(plan) * code_bytes(sparsity)
