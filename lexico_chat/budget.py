@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import math
 
-from lexico_chat.attention.codes import PACKED_MAX_ATOMS
+import torch
+
+from lexico_chat.attention.codes import index_bits_for
 
 __all__ = ["DECAY", "PROFILE_REFERENCE", "PROFILE_SPARSITY", "code_bytes", "layer_sparsities", "sparsity_plan"]
 
@@ -93,14 +95,12 @@ def sparsity_plan(config, meta) -> list[tuple[int, int]]:
     if not config.profiled(meta):
         return [(config.sparsity_k, config.sparsity_v)] * meta.num_layers
     high = min(meta.head_dim, meta.atoms, 2 * config.sparsity)
-    index_bits = 12 if meta.atoms <= PACKED_MAX_ATOMS else 16
-    coef = {"float8_e4m3fn": 1, "float16": 2, "float32": 4}[config.coef_dtype]
     plan = layer_sparsities(
         meta.layer_sensitivity,
         config.sparsity,
         low=max(1, config.sparsity // 2),
         high=high,
-        index_bits=index_bits,
-        coef_bytes=coef,
+        index_bits=index_bits_for(meta.atoms),
+        coef_bytes=getattr(torch, config.coef_dtype).itemsize,
     )
     return [(s, s) for s in plan]

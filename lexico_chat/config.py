@@ -111,10 +111,9 @@ class CacheConfig:
         label = str(k) if k == v else f"k{k}/v{v}"
         return label + " per layer" if self.layer_budget == "profile" else label
 
-    def profiled(self, dictionary) -> bool:
-        """Whether the layers of a cache over ``dictionary`` (or its meta) get their own sparsity."""
-        meta = getattr(dictionary, "meta", dictionary)
-        return self.layer_budget == "profile" and meta is not None and meta.layer_sensitivity is not None
+    def profiled(self, meta) -> bool:
+        """Whether the layers of a cache over a dictionary with this ``DictionaryMeta`` get their own sparsity."""
+        return self.layer_budget == "profile" and meta.layer_sensitivity is not None
 
     def validate(self, dims=None, dictionary=None) -> CacheConfig:
         """Check the settings against a model and a dictionary; returns ``self``.

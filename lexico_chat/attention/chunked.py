@@ -30,9 +30,10 @@ from lexico_chat.attention.reference import (
     attention_bias,
     code_tiles,
     rebuild_tile,
+    rebuilt_keys,
     tile_atoms,
 )
-from lexico_chat.rope import pair_order, rotate_pairs_
+from lexico_chat.rope import pair_order
 
 __all__ = ["chunk_attention", "chunk_eligible"]
 
@@ -105,12 +106,8 @@ def chunk_attention(
     key_tiles = code_tiles(compressed.key_indices, compressed.key_coefs, compressed.index_bits)
     value_tiles = code_tiles(compressed.value_indices, compressed.value_coefs, compressed.index_bits)
     for (start, k_idx, k_coef), (_, v_idx, v_coef) in zip(key_tiles, value_tiles):
-        stop = start + k_idx.shape[2]
-        keys = rebuild_tile(k_idx, k_coef, key_atoms)
-        if pairs:
-            cos, sin = compressed.key_rope
-            rotate_pairs_(keys, cos[:, None, start:stop], sin[:, None, start:stop])
-        attend(keys, rebuild_tile(v_idx, v_coef, value_atoms), start, stop)
+        keys = rebuilt_keys(compressed, start, k_idx, k_coef, key_atoms)
+        attend(keys, rebuild_tile(v_idx, v_coef, value_atoms), start, start + k_idx.shape[2])
     if key.shape[2]:
         attend(k32, value.to(torch.float32), n_comp, total)
     return _merge(outs, lses).transpose(1, 2).to(query.dtype).contiguous()

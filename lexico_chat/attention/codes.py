@@ -17,6 +17,7 @@ __all__ = [
     "CompressedKV",
     "LAYER_TAG",
     "PACKED_MAX_ATOMS",
+    "index_bits_for",
     "coefs_to_float",
     "pack_indices",
     "unpack_indices",
@@ -25,6 +26,11 @@ __all__ = [
 
 LAYER_TAG = "_lexico_layer"
 PACKED_MAX_ATOMS = 4096  # dictionaries up to this size store 12-bit indices, two in three bytes
+
+
+def index_bits_for(atoms: int) -> int:
+    """Bits a stored index takes for a dictionary of ``atoms``: 12 (packed) up to ``PACKED_MAX_ATOMS``, else 16."""
+    return 12 if atoms <= PACKED_MAX_ATOMS else 16
 
 
 @dataclass(frozen=True)

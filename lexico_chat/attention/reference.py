@@ -49,6 +49,7 @@ __all__ = [
     "attention_bias",
     "code_tiles",
     "rebuild_tile",
+    "rebuilt_keys",
     "reference_attention",
     "tile_atoms",
     "VALUES_SPARSE_MAX_ROWS",
@@ -204,11 +205,9 @@ def _rope_scores(flat: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
     # flat: (b, hkv, G, m) -> (b, hkv, G, T); keys rebuilt (in rotation-pair order) and rotated one tile at a time
     atoms = tile_atoms(codes, keys=True)
     flat = flat[..., pair_order(flat.shape[-1], flat.device)].contiguous()  # the keys' order: same dot products
-    cos, sin = codes.key_rope
     parts = []
     for start, indices, coefs in code_tiles(codes.key_indices, codes.key_coefs, codes.index_bits):
-        stop = start + indices.shape[2]
-        keys = rotate_pairs_(rebuild_tile(indices, coefs, atoms), cos[:, None, start:stop], sin[:, None, start:stop])
+        keys = rebuilt_keys(codes, start, indices, coefs, atoms)
         parts.append(flat @ keys.transpose(-1, -2))  # keys: (b, hkv, t, m)
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
@@ -233,6 +232,17 @@ def tile_atoms(codes: CompressedKV, *, keys: bool) -> torch.Tensor:
     if keys and codes.key_rope is not None and not codes.key_pairs:
         atoms = atoms[:, pair_order(atoms.shape[1], atoms.device)]
     return atoms if atoms.is_contiguous() else atoms.contiguous()
+
+
+def rebuilt_keys(codes: CompressedKV, start: int, indices: torch.Tensor, coefs: torch.Tensor, atoms: torch.Tensor):
+    """The keys of one tile (from ``code_tiles``) as attention scores them: rebuilt over ``tile_atoms(codes,
+    keys=True)``, and for pre-RoPE codes rotated in place by their tokens' (cos, sin) -> (b, hkv, t, m) fp32."""
+    keys = rebuild_tile(indices, coefs, atoms)
+    if codes.key_rope is None:
+        return keys
+    stop = start + indices.shape[2]
+    cos, sin = codes.key_rope
+    return rotate_pairs_(keys, cos[:, None, start:stop], sin[:, None, start:stop])
 
 
 def rebuild_tile(indices: torch.Tensor, coefs: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:

@@ -276,7 +276,7 @@ def _launch(query, key, value, codes, rope, bias, work, out, scale, lengths, met
     n_comp, n_split, kv_heads, n_atoms, m = lengths[0], lengths[3], lengths[4], lengths[5], lengths[6]
     bh = query.shape[0] * kv_heads
     q_strides = (query.stride(0), query.stride(1), query.stride(3))
-    pre_rope = rope[0] is not None
+    pre_rope, cos, sin, rope_strides, (pair_step, pair_off) = rope
     if n_comp and pre_rope:
         weights.zero_()  # the table kernel's other job; pre-RoPE scores rebuild keys instead of reading a table
     elif n_comp:
@@ -284,7 +284,6 @@ def _launch(query, key, value, codes, rope, bias, work, out, scale, lengths, met
             query, dk, table, weights, scaling, kv_heads, n_atoms, m, *q_strides, dk.stride(0), dk.stride(1),
             BLOCK_N=TABLE_BLOCK_N, BLOCK_D=16, **meta,
         )  # fmt: skip
-    cos, sin, rope_strides, (pair_step, pair_off) = rope[1:]
     _scores_kernel[(bh, n_split + 1)](
         table, k_idx, k_coef, query, key, bias, scores, stats, scaling, softcap or 1.0, *lengths,
         *k_idx.stride()[:2], *q_strides, *key.stride(), bias_sb,
@@ -323,10 +322,10 @@ def _all_codes(compressed: CompressedKV | None, dummy: torch.Tensor) -> tuple:
 
 
 def _rope(compressed: CompressedKV | None, dummy: torch.Tensor) -> tuple:
-    """(key_rope marker or None, cos, sin, (batch, token, pair) strides of both, (pair_step, pair_off)) for the
-    scores kernel: pair i of the model's order is dictionary rows i·pair_step and i·pair_step + pair_off."""
+    """(pre-RoPE?, cos, sin, (batch, token, pair) strides of both, (pair_step, pair_off)) for the scores
+    kernel: pair i of the model's order is dictionary rows i·pair_step and i·pair_step + pair_off."""
     if compressed is None or compressed.key_rope is None:
-        return None, dummy, dummy, (0, 0, 0), (1, 0)
+        return False, dummy, dummy, (0, 0, 0), (1, 0)
     cos, sin = compressed.key_rope
     if sin.stride() != cos.stride():
         cos, sin = cos.contiguous(), sin.contiguous()

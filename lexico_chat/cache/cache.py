@@ -69,9 +69,7 @@ class LexicoCache(PlannedCache):
 
         def make_layer(index: int) -> LexicoLayer:
             keys, values = dictionary.layer(index)
-            layer = LexicoLayer(keys, values, config, rope=rope)
-            layer.key_sparsity, layer.value_sparsity = self.sparsities[index]
-            return layer
+            return LexicoLayer(keys, values, config, rope=rope, sparsities=self.sparsities[index])
 
         super().__init__(make_layer, model_config, dictionary.meta.num_layers)
         self._model_config = None if model_config is None else model_config.get_text_config(decoder=True)

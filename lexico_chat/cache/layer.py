@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from lexico_chat.attention import LAYER_TAG, PACKED_MAX_ATOMS, CompressedKV
+from lexico_chat.attention import LAYER_TAG, CompressedKV
+from lexico_chat.attention.codes import index_bits_for
 from lexico_chat.cache.layer_base import CompactLayer
 from lexico_chat.cache.store import CodeStore, TokenBuffer
 from lexico_chat.config import CacheConfig
@@ -55,16 +56,18 @@ class LexicoLayer(CompactLayer):
         config: CacheConfig,
         *,
         rope: tuple[RopeTable, RopeProbe] | None = None,
+        sparsities: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         head_dim, atoms = key_dictionary.shape
         if tuple(value_dictionary.shape) != (head_dim, atoms):
             raise ValueError(f"value dictionary must be {(head_dim, atoms)}, got {tuple(value_dictionary.shape)}")
-        for name, s in (("sparsity", config.sparsity_k), ("sparsity", config.sparsity_v)):
+        key_s, value_s = sparsities if sparsities is not None else (config.sparsity_k, config.sparsity_v)
+        for name, s in (("sparsity", key_s), ("sparsity", value_s)):
             if not 1 <= s <= min(head_dim, atoms):
                 raise ValueError(f"`{name}` must be in [1, {min(head_dim, atoms)}], got {s}")
         self.config = config
-        self.key_sparsity, self.value_sparsity = config.sparsity_k, config.sparsity_v
+        self.key_sparsity, self.value_sparsity = key_s, value_s
         self.buffer, self.window = config.buffer, config.window
         self.coef_dtype = torch_dtype(config.coef_dtype)
         self._source = (key_dictionary, value_dictionary)
@@ -87,7 +90,7 @@ class LexicoLayer(CompactLayer):
         self._pairs = pair_order(m, self.device) if self.rope_table is not None else None
         self.key_dictionary = keys.contiguous() if self._pairs is None else keys[self._pairs].t().contiguous().t()
         self.value_dictionary = self._source[1].to(self.device, torch.float32).t().contiguous().t()
-        bits = 12 if self._source[0].shape[1] <= PACKED_MAX_ATOMS else 16  # N <= 4096: 2.5 bytes per atom, not 3
+        bits = index_bits_for(self._source[0].shape[1])  # N <= 4096: 2.5 bytes per atom, not 3
         self.key_codes = CodeStore(b, h, self.key_sparsity, self.coef_dtype, self.device, bits)
         self.value_codes = CodeStore(b, h, self.value_sparsity, self.coef_dtype, self.device, bits)
         held = self.buffer_dtype_for(key_states.dtype)
