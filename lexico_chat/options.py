@@ -67,10 +67,15 @@ def add_dictionary_options(parser: argparse.ArgumentParser, *, defaults: bool = 
             default=None,
             help=f"atoms per {part} vector, when it should differ from --sparsity",
         )
+    add_layer_budget_option(parser, defaults=defaults)
+
+
+def add_layer_budget_option(parser: argparse.ArgumentParser, *, defaults: bool = True) -> None:
+    """--layer-budget uniform|profile (``defaults`` as in ``add_dictionary_options``)."""
     parser.add_argument(
         "--layer-budget",
         choices=LAYER_BUDGETS,
-        default=d and d.layer_budget,
+        default=DEFAULTS.layer_budget if defaults else None,
         help="'profile': spend the bytes of --sparsity unevenly over the layers, by the dictionary's measured "
         f"sensitivity (lower perplexity at the same bytes; see the README); default {DEFAULTS.layer_budget}",
     )

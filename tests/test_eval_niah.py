@@ -208,6 +208,19 @@ def test_estimate_is_prefill_plus_reply_per_run():
     assert estimate_seconds(settings, 100) - estimate_seconds(short, 100) == pytest.approx(replies / 2)
 
 
+def test_layer_budget_flag_reaches_the_lexico_sessions_and_labels():
+    from lexico_chat.cli import build_parser
+    from lexico_chat.evals.niah import _settings
+
+    argv = ["eval", "niah", "--haystack", "h.txt", "--quick", "--sparsity", "4", "8", "--layer-budget", "profile"]
+    settings = _settings(build_parser(argv).parse_args(argv))
+    assert settings.caches.cache.layer_budget == "profile" and settings.caches.sparsities == (4, 8)
+    assert _methods(settings)[1:3] == [("lexico", "s=4 per layer"), ("lexico", "s=8 per layer")]
+    assert _methods(settings)[-1] == ("eviction", "as lexico s=8 per layer")
+    argv = argv[:-2]
+    assert _settings(build_parser(argv).parse_args(argv)).caches.cache.layer_budget == "uniform"
+
+
 def test_settings_reject_bad_depths_and_needles():
     with pytest.raises(LexicoError, match=r"--depths must be in \[0, 1\], got \[1.5\]"):
         NiahSettings(depths=(0.5, 1.5))

@@ -24,9 +24,15 @@ __all__ = [
 
 
 def add_comparison_options(parser: argparse.ArgumentParser, sparsities: Sequence[int], plot: bool = True) -> None:
-    """--model/--device, --dictionary, --atoms, --sparsity S [S ...], --buffer/--window, --seed, --json
-    and (``plot``) --plot OUT.png."""
-    from lexico_chat.options import add_cache_options, add_json_option, add_model_options, positive_int
+    """--model/--device, --dictionary, --atoms, --sparsity S [S ...], --layer-budget, --buffer/--window, --seed,
+    --json and (``plot``) --plot OUT.png."""
+    from lexico_chat.options import (
+        add_cache_options,
+        add_json_option,
+        add_layer_budget_option,
+        add_model_options,
+        positive_int,
+    )
 
     add_model_options(parser)
     parser.add_argument("--dictionary", default=None, help="dictionary file (default: looked up for the model)")
@@ -38,6 +44,7 @@ def add_comparison_options(parser: argparse.ArgumentParser, sparsities: Sequence
         default=list(sparsities),
         help=f"Lexico sparsities s to evaluate (default {' '.join(map(str, sparsities))})",
     )
+    add_layer_budget_option(parser)
     add_cache_options(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     add_json_option(parser)

@@ -143,11 +143,12 @@ class NiahSettings:
     def methods(self) -> list[MethodSpec]:
         """full, lexico per sparsity, kivi per bit width, eviction per sparsity (matched bytes), in run order."""
         sparsities, bits = self.caches.sparsities, self.caches.kivi_bits
+        labels = {s: f"s={self.caches.cache.replace(sparsity=s).sparsity_label()}" for s in sparsities}
         return (
             [MethodSpec("full", "fp16")]
-            + [MethodSpec("lexico", f"s={s}", s) for s in sparsities]
+            + [MethodSpec("lexico", labels[s], s) for s in sparsities]
             + [MethodSpec("kivi", f"{b}-bit", b) for b in bits]
-            + [MethodSpec("eviction", f"as lexico s={s}", s) for s in sparsities]
+            + [MethodSpec("eviction", f"as lexico {labels[s]}", s) for s in sparsities]
         )
 
     def trials(self) -> list[Trial]:
