@@ -36,12 +36,18 @@ Tiles of 4,096 tokens (3 MB of rebuilt fp32 keys for 3 KV heads of 64) make fewe
 2 CPU cores at a 4k context a decode step of imported codes took 159-170 ms against 213-257, and ``eval speed``
 (window compression included) 220 ms against 245.
 All arithmetic is fp32; the output is cast to the query dtype.
+
+On the CPU two leaves run in ``native`` (C, built at first use) where it applies: the pre-RoPE key scores
+(rebuild, rotate and dot per key, no tile written) and the value weights in atom space (plain loops instead
+of ``scatter_add_``). ``LEXICO_NATIVE=0``, or a machine without a C compiler, gives the PyTorch code below;
+tests compare both with dense float64 references.
 """
 
 from __future__ import annotations
 
 import torch
 
+from lexico_chat.attention import native
 from lexico_chat.attention.codes import CompressedKV, coefs_to_float, stored_indices
 from lexico_chat.rope import pair_order, rotate_pairs_
 
@@ -205,6 +211,8 @@ def _rope_scores(flat: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
     # flat: (b, hkv, G, m) -> (b, hkv, G, T); keys rebuilt (in rotation-pair order) and rotated one tile at a time
     atoms = tile_atoms(codes, keys=True)
     flat = flat[..., pair_order(flat.shape[-1], flat.device)].contiguous()  # the keys' order: same dot products
+    if native.usable(flat, codes):  # CPU: rebuild, rotate and dot in one pass, no tile written
+        return native.rope_scores(flat, codes, atoms)
     parts = []
     for start, indices, coefs in code_tiles(codes.key_indices, codes.key_coefs, codes.index_bits):
         keys = rebuilt_keys(codes, start, indices, coefs, atoms)
@@ -214,6 +222,8 @@ def _rope_scores(flat: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
 
 def _sparse_values(probs: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
     # probs: (b, hkv, G, T) -> (b, hkv, G, m)
+    if native.usable(probs, codes):
+        return native.value_weights(probs, codes) @ codes.value_dictionary.t()
     b, hkv, rows, _ = probs.shape
     s = codes.value_coefs.shape[-1]
     weights = probs.new_zeros(b, hkv, rows, codes.value_dictionary.shape[1])  # (b, hkv, G, N)

@@ -1,0 +1,168 @@
+/* lexico-chat's native CPU kernels for decode attention over sparse codes (see native.py).
+ *
+ * Built at first use by native.py with the system C compiler (-O3 -march=native -fopenmp) and loaded with
+ * ctypes; its OpenMP calls run on the libgomp torch has already loaded (same soname), so they share torch's
+ * threads and obey torch.set_num_threads.
+ *
+ * Codes as a LexicoLayer stores them: indices packed 12 bits each (two in three bytes) or int16; coefficients
+ * float8_e4m3fn, float16, bfloat16 or float32. Every code array is addressed by byte strides over
+ * (batch, kv head, token); the last axis (the s entries of one code) is contiguous.
+ *
+ * lexico_rope_scores: q . R(p_t) k_t for pre-RoPE key codes. Each key is rebuilt from its s atoms (rows of
+ * the (N, m) fp32 atom table, each rotation pair side by side), rotated by its token's (cos, sin) with one
+ * complex multiply per pair, and dotted with the G query rows of its KV head; nothing of size (T, m) is
+ * written. lexico_value_weights: w[g, n] = sum_t p[g, t] * sum_j coef[t, j] [idx[t, j] == n], the attention
+ * weights of compressed values in atom space (the caller multiplies w by the value atoms).
+ */
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_DIM 256    /* head_dim and s at most this, head_dim a multiple of 8 (checked by the caller) */
+#define TOKEN_BLOCK 256 /* tokens per parallel task of the scores kernel */
+
+enum { CODE_FP8 = 0, CODE_FP16 = 1, CODE_BF16 = 2, CODE_FP32 = 3 };
+
+static float fp8_table[256];
+
+/* float8_e4m3fn -> float for every byte (NaN is never stored: the coder saturates). */
+void lexico_init(void) {
+    for (int byte = 0; byte < 256; byte++) {
+        int exponent = (byte >> 3) & 0xF, mantissa = byte & 7;
+        float magnitude = exponent ? (1.0f + mantissa / 8.0f) : mantissa / 8.0f;
+        int shift = exponent ? exponent - 7 : -6;
+        for (; shift > 0; shift--) magnitude *= 2.0f;
+        for (; shift < 0; shift++) magnitude *= 0.5f;
+        fp8_table[byte] = (byte & 0x80) ? -magnitude : magnitude;
+    }
+}
+
+/* n elements of one kind as floats, one vectorisable loop per kind. */
+static inline void widen(const uint8_t *p, int kind, int n, float *out) {
+    if (kind == CODE_FP16) {
+        const _Float16 *x = (const _Float16 *)p;
+#pragma omp simd
+        for (int i = 0; i < n; i++) out[i] = (float)x[i];
+    } else if (kind == CODE_FP32) {
+        memcpy(out, p, sizeof(float) * (size_t)n);
+    } else if (kind == CODE_FP8) {
+        for (int i = 0; i < n; i++) out[i] = fp8_table[p[i]];
+    } else {
+        const uint16_t *x = (const uint16_t *)p;
+        for (int i = 0; i < n; i++) {
+            uint32_t u = (uint32_t)x[i] << 16;
+            memcpy(out + i, &u, 4);
+        }
+    }
+}
+
+/* One code: s indices (12-bit packed or int16) and s coefficients as int32 / float. */
+static inline void load_code(const uint8_t *idx, int index_bits, const uint8_t *coef, int coef_kind, int s,
+                             int32_t *ix, float *cf) {
+    if (index_bits == 12) {
+        for (int j = 0; j < s; j += 2) {
+            const uint8_t *p = idx + 3 * (j / 2);
+            ix[j] = p[0] | ((p[1] & 0xF) << 8);
+            if (j + 1 < s) ix[j + 1] = (p[1] >> 4) | (p[2] << 4);
+        }
+    } else {
+        for (int j = 0; j < s; j++) {
+            uint16_t v;
+            memcpy(&v, idx + 2 * j, 2);
+            ix[j] = v;
+        }
+    }
+    widen(coef, coef_kind, s, cf);
+}
+
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v8u __attribute__((vector_size(32), aligned(4))); /* unaligned loads and stores */
+typedef int v8i __attribute__((vector_size(32)));
+
+/* One block of tokens of one (batch, head); m a multiple of 8 (a constant where inlined). */
+static inline void rope_block(const float *qh, const uint8_t *idx, int64_t i_st, int index_bits, const uint8_t *coef,
+                              int64_t c_st, int coef_kind, const float *atoms, const uint8_t *turn, int64_t r_st,
+                              int turn_kind, float *oh, int64_t o_sg, int G, int start, int stop, int s,
+                              const int m) {
+    const v8i pick_cos = {0, 0, 2, 2, 4, 4, 6, 6}, pick_sin = {1, 1, 3, 3, 5, 5, 7, 7};
+    const v8i swap = {1, 0, 3, 2, 5, 4, 7, 6};
+    const v8 sign = {-1, 1, -1, 1, -1, 1, -1, 1};
+    const int lanes = m / 8;
+    int32_t ix[MAX_DIM];
+    float cf[MAX_DIM], cs[MAX_DIM];
+    v8 key[MAX_DIM / 8];
+    for (int t = start; t < stop; t++) {
+        load_code(idx + t * i_st, index_bits, coef + t * c_st, coef_kind, s, ix, cf);
+        const v8u *first = (const v8u *)(atoms + (int64_t)ix[0] * m);
+        for (int v = 0; v < lanes; v++) key[v] = cf[0] * first[v];
+        for (int j = 1; j < s; j++) {
+            const v8u *atom = (const v8u *)(atoms + (int64_t)ix[j] * m);
+            const float c = cf[j];
+            for (int v = 0; v < lanes; v++) key[v] += c * atom[v];
+        }
+        widen(turn + t * r_st, turn_kind, m, cs); /* cos_i, sin_i side by side, as the key's pairs */
+        for (int v = 0; v < lanes; v++) {
+            const v8 pairs = *(const v8u *)(cs + 8 * v), k = key[v];
+            key[v] = k * __builtin_shuffle(pairs, pick_cos) + __builtin_shuffle(k, swap) * __builtin_shuffle(pairs, pick_sin) * sign;
+        }
+        for (int g = 0; g < G; g++) {
+            const v8u *row = (const v8u *)(qh + (int64_t)g * m);
+            v8 acc = key[0] * row[0];
+            for (int v = 1; v < lanes; v++) acc += key[v] * row[v];
+            oh[g * o_sg + t] = acc[0] + acc[1] + acc[2] + acc[3] + acc[4] + acc[5] + acc[6] + acc[7];
+        }
+    }
+}
+
+void lexico_rope_scores(const float *q, int64_t q_sb, int64_t q_sh,                           /* (B, H, G, m) */
+                        const uint8_t *idx, int64_t i_sb, int64_t i_sh, int64_t i_st, int index_bits,
+                        const uint8_t *coef, int64_t c_sb, int64_t c_sh, int64_t c_st, int coef_kind,
+                        const float *atoms,                                                     /* (N, m) */
+                        const uint8_t *turns, int64_t r_sb, int64_t r_st, int turn_kind,        /* bytes */
+                        float *out, int64_t o_sb, int64_t o_sh, int64_t o_sg,                   /* (B, H, G, T) */
+                        int B, int H, int G, int T, int s, int m) {
+    const int blocks = (T + TOKEN_BLOCK - 1) / TOKEN_BLOCK;
+    const int64_t tasks = (int64_t)B * H * blocks;
+#pragma omp parallel for schedule(static)
+    for (int64_t task = 0; task < tasks; task++) {
+        const int block = (int)(task % blocks), h = (int)(task / blocks % H), b = (int)(task / blocks / H);
+        const int start = block * TOKEN_BLOCK, stop = start + TOKEN_BLOCK < T ? start + TOKEN_BLOCK : T;
+        const float *qh = q + b * q_sb + h * q_sh;
+        const uint8_t *ih = idx + b * i_sb + h * i_sh, *ch = coef + b * c_sb + h * c_sh, *rb = turns + b * r_sb;
+        float *oh = out + b * o_sb + h * o_sh;
+        if (m == 64)
+            rope_block(qh, ih, i_st, index_bits, ch, c_st, coef_kind, atoms, rb, r_st, turn_kind, oh, o_sg, G, start,
+                       stop, s, 64);
+        else if (m == 128)
+            rope_block(qh, ih, i_st, index_bits, ch, c_st, coef_kind, atoms, rb, r_st, turn_kind, oh, o_sg, G, start,
+                       stop, s, 128);
+        else
+            rope_block(qh, ih, i_st, index_bits, ch, c_st, coef_kind, atoms, rb, r_st, turn_kind, oh, o_sg, G, start,
+                       stop, s, m);
+    }
+}
+
+void lexico_value_weights(const float *probs, int64_t p_sb, int64_t p_sh, int64_t p_sg,     /* (B, H, G, T) */
+                          const uint8_t *idx, int64_t i_sb, int64_t i_sh, int64_t i_st, int index_bits,
+                          const uint8_t *coef, int64_t c_sb, int64_t c_sh, int64_t c_st, int coef_kind,
+                          float *w, /* (B, H, G, N) contiguous */
+                          int B, int H, int G, int T, int s, int N) {
+    const int64_t tasks = (int64_t)B * H;
+#pragma omp parallel for schedule(static)
+    for (int64_t task = 0; task < tasks; task++) {
+        const int h = (int)(task % H), b = (int)(task / H);
+        const float *p = probs + b * p_sb + h * p_sh;
+        const uint8_t *ih = idx + b * i_sb + h * i_sh, *ch = coef + b * c_sb + h * c_sh;
+        float *rows = w + task * G * N;
+        int32_t ix[MAX_DIM];
+        float cf[MAX_DIM];
+        memset(rows, 0, sizeof(float) * (size_t)G * (size_t)N);
+        for (int t = 0; t < T; t++) {
+            load_code(ih + t * i_st, index_bits, ch + t * c_st, coef_kind, s, ix, cf);
+            for (int g = 0; g < G; g++) {
+                const float weight = p[g * p_sg + t];
+                float *row = rows + (int64_t)g * N;
+                for (int j = 0; j < s; j++) row[ix[j]] += weight * cf[j];
+            }
+        }
+    }
+}

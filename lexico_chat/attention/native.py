@@ -1,0 +1,227 @@
+"""Native CPU kernels of decode attention over sparse codes (``native.c``), built at first use and loaded
+with ctypes; the PyTorch path stays the reference and the fallback.
+
+Two leaves of ``reference_attention`` run here on CPU tensors when the library is available:
+
+* ``rope_scores``: q · R(p_t) k_t for pre-RoPE key codes, each key rebuilt from its s atoms, rotated and
+  dotted with its KV head's query rows in one pass (the PyTorch path writes a rebuilt (T, m) tile, rotates
+  it in a second pass and multiplies in a third).
+* ``value_weights``: the attention weights of compressed values scattered into atom space, (rows, N) per
+  KV head, by plain loops (``scatter_add_`` with its (rows, T·s) index and source tensors costs more than
+  the adds).
+
+The library is compiled with the system C compiler (``$CC``, else ``cc``) with ``-O3 -march=native
+-fopenmp`` into ``user_cache_folder()/native/``, named by a hash of the source, the flags and the CPU, and
+written atomically (a temporary file, then a rename). It links the libgomp torch has already loaded, so
+its threads are torch's (``torch.set_num_threads`` holds). Without a compiler, or with ``LEXICO_NATIVE=0``,
+``available()`` is False and attention takes its PyTorch path; the reason is logged once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from lexico_chat.attention.codes import CompressedKV
+from lexico_chat.paths import user_cache_folder
+
+__all__ = ["ENV_SWITCH", "MAX_DIM", "available", "library", "rope_scores", "usable", "value_weights"]
+
+ENV_SWITCH = "LEXICO_NATIVE"
+MAX_DIM = 256  # head_dim and sparsity at most this (native.c's MAX_DIM)
+_SOURCE = Path(__file__).with_name("native.c")
+_FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11")
+_CODE_KINDS = {torch.float8_e4m3fn: 0, torch.float16: 1, torch.bfloat16: 2, torch.float32: 3}
+logger = logging.getLogger(__name__)
+
+_i64, _int, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
+_CODES = [_ptr, _i64, _i64, _i64, _int, _ptr, _i64, _i64, _i64, _int]  # indices and coefficients, byte strides
+_SIGNATURES = {
+    "lexico_rope_scores": [_ptr, _i64, _i64, *_CODES, _ptr, _ptr, _i64, _i64, _int, _ptr, _i64, _i64, _i64]
+    + [_int] * 6,
+    "lexico_value_weights": [_ptr, _i64, _i64, _i64, *_CODES, _ptr] + [_int] * 6,
+}
+
+
+def _cpu_tag() -> str:
+    """What ``-march=native`` depends on: the CPU's model and flags (one line each from /proc/cpuinfo)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    wanted = [line for line in lines if line.startswith(("model name", "flags"))]
+    return "\n".join(dict.fromkeys(wanted))
+
+
+def _build(compiler: str, target: Path) -> None:
+    """Compile ``native.c`` into ``target`` atomically; raises OSError / CalledProcessError on failure."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=target.stem, suffix=".so.tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        subprocess.run(
+            [compiler, *_FLAGS, str(_SOURCE), "-o", temporary], check=True, capture_output=True, text=True, timeout=120
+        )
+        os.replace(temporary, target)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels (built first if needed), or None when they cannot be had (logged once)."""
+    compiler = os.environ.get("CC") or "cc"
+    if shutil.which(compiler) is None:
+        logger.info("native CPU kernels off: no C compiler (%s) found; attention uses its PyTorch path", compiler)
+        return None
+    key = hashlib.sha256(_SOURCE.read_bytes() + " ".join((compiler, *_FLAGS)).encode() + _cpu_tag().encode())
+    target = user_cache_folder() / "native" / f"lexico_native-{key.hexdigest()[:16]}.so"
+    try:
+        if not target.exists():
+            _build(compiler, target)
+        lib = ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError) as error:
+        detail = getattr(error, "stderr", None) or error
+        logger.warning("native CPU kernels off (%s); attention uses its PyTorch path", str(detail).strip()[:500])
+        return None
+    for name, argtypes in _SIGNATURES.items():
+        function = getattr(lib, name)
+        function.argtypes, function.restype = argtypes, None
+    lib.lexico_init()
+    return lib
+
+
+def available() -> bool:
+    """Whether the native kernels may run: ``LEXICO_NATIVE`` is not "0" and the library is built and loaded."""
+    return os.environ.get(ENV_SWITCH, "1") != "0" and library() is not None
+
+
+def usable(tensor: torch.Tensor, codes: CompressedKV) -> bool:
+    """Whether ``rope_scores`` / ``value_weights`` take these inputs: CPU, supported code dtypes, head_dim a
+    multiple of 8 and it and s within ``MAX_DIM``, the library available."""
+    return (
+        tensor.device.type == "cpu"
+        and codes.key_coefs.dtype in _CODE_KINDS
+        and codes.value_coefs.dtype in _CODE_KINDS
+        and max(codes.key_dictionary.shape[0], codes.key_coefs.shape[-1], codes.value_coefs.shape[-1]) <= MAX_DIM
+        and codes.key_dictionary.shape[0] % 8 == 0
+        and available()
+    )
+
+
+def _code_args(indices: torch.Tensor, coefs: torch.Tensor, index_bits: int) -> tuple[list, list]:
+    """(arguments, tensors to keep alive during the call): pointer, (batch, head, token) byte strides and kind
+    of stored indices and coefficients (the last axis made contiguous where it is not)."""
+    args, held = [], []
+    for x, kind in ((indices, index_bits), (coefs, _CODE_KINDS[coefs.dtype])):
+        if x.stride(-1) != 1:
+            x = x.contiguous()
+        size = x.element_size()
+        args += [x.data_ptr(), *(stride * size for stride in x.stride()[:3]), kind]
+        held.append(x)
+    return args, held
+
+
+def _rotation(codes: CompressedKV) -> tuple[torch.Tensor, int, int, int]:
+    """(tensor kept alive, its cos pointer, batch and token byte strides) of the compressed tokens' (cos, sin)
+    side by side per pair, as a ``RopeTable`` holds them (a stacked copy otherwise)."""
+    cos, sin = codes.key_rope
+    side_by_side = (
+        cos.dtype in _CODE_KINDS
+        and sin.stride() == cos.stride()
+        and cos.stride(-1) == 2
+        and sin.data_ptr() == cos.data_ptr() + cos.element_size()
+    )
+    turns = cos if side_by_side else torch.stack([cos.float(), sin.float()], dim=-1).flatten(-2)
+    size = turns.element_size()
+    batch_stride = turns.stride(0) * size if turns.shape[0] > 1 else 0
+    return turns, turns.data_ptr(), batch_stride, turns.stride(1) * size
+
+
+def rope_scores(flat: torch.Tensor, codes: CompressedKV, atoms: torch.Tensor) -> torch.Tensor:
+    """Scores of query rows against pre-RoPE compressed keys.
+
+    Parameters
+    ----------
+    flat : (b, hkv, G, m) float32, scaled queries in ``rope.pair_order`` (the order of ``atoms``).
+    codes : compressed tokens with ``key_rope`` set.
+    atoms : (N, m) contiguous float32 key atoms in ``rope.pair_order`` (``reference.tile_atoms``).
+
+    Returns
+    -------
+    (b, hkv, G, T) float32: ``flat · R(p_t) D c_t`` for every compressed token t.
+    """
+    b, hkv, rows, m = flat.shape
+    t, s = codes.length, codes.key_coefs.shape[-1]
+    flat = flat.contiguous()
+    out = flat.new_empty(b, hkv, rows, t)
+    turns, turn_ptr, turn_sb, turn_st = _rotation(codes)
+    code_args, _held = _code_args(codes.key_indices, codes.key_coefs, codes.index_bits)
+    library().lexico_rope_scores(
+        flat.data_ptr(),
+        flat.stride(0),
+        flat.stride(1),
+        *code_args,
+        atoms.data_ptr(),
+        turn_ptr,
+        turn_sb,
+        turn_st,
+        _CODE_KINDS[turns.dtype],
+        out.data_ptr(),
+        out.stride(0),
+        out.stride(1),
+        out.stride(2),
+        b,
+        hkv,
+        rows,
+        t,
+        s,
+        m,
+    )
+    return out
+
+
+def value_weights(probs: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
+    """Attention weights of compressed values in atom space.
+
+    Parameters
+    ----------
+    probs : (b, hkv, G, T) float32 (any strides but the last), the softmax weights of the compressed tokens.
+    codes : the compressed tokens.
+
+    Returns
+    -------
+    (b, hkv, G, N) float32 ``w`` with ``w @ value_dictionary.T`` the compressed tokens' share of the output.
+    """
+    if probs.stride(-1) != 1:
+        probs = probs.contiguous()
+    b, hkv, rows, t = probs.shape
+    n_atoms = codes.value_dictionary.shape[1]
+    weights = probs.new_empty(b, hkv, rows, n_atoms)
+    code_args, _held = _code_args(codes.value_indices, codes.value_coefs, codes.index_bits)
+    library().lexico_value_weights(
+        probs.data_ptr(),
+        probs.stride(0),
+        probs.stride(1),
+        probs.stride(2),
+        *code_args,
+        weights.data_ptr(),
+        b,
+        hkv,
+        rows,
+        t,
+        codes.value_coefs.shape[-1],
+        n_atoms,
+    )
+    return weights

@@ -1,0 +1,199 @@
+"""The native CPU kernels (``attention/native.c``): pre-RoPE key scores and value weights in atom space equal
+dense float64 references on rebuilt, rotated keys and values, for every stored code format, strided store views,
+batch-broadcast rotations and thread counts; the build is cached and atomic, and without a compiler (or with
+``LEXICO_NATIVE=0``) attention takes its PyTorch path with the same result."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import pytest
+import torch
+
+from lexico_chat.attention import compressed_attention, native, reference
+from lexico_chat.attention.codes import CompressedKV, pack_indices
+from lexico_chat.omp import reconstruct
+from lexico_chat.rope import pair_order
+from tests.conftest import rotate_complex
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler: the native kernels cannot be built")
+
+SHAPES = [
+    # b, kv_heads, query rows per KV head, compressed tokens, head_dim, atoms, s
+    (1, 3, 3, 300, 64, 256, 8),  # the default model's decode layout, two token blocks
+    (2, 1, 4, 100, 16, 64, 5),  # batch 2, GQA 4, odd sparsity
+    (1, 2, 1, 70, 128, 512, 3),  # head_dim 128 (Llama 3)
+    (1, 2, 2, 33, 24, 64, 24),  # a head_dim without its own specialisation, s = head_dim
+]
+FORMATS = [(16, torch.float32), (12, torch.float8_e4m3fn), (12, torch.float16), (16, torch.bfloat16)]
+
+
+def _stored(b, hkv, t, s, m, n, index_bits, coef_dtype, gen, spare=0):
+    """Random codes as a store holds them: views of the first t tokens of buffers of t + ``spare``."""
+    dk, dv = (torch.nn.functional.normalize(torch.randn(m, n, generator=gen), dim=0) for _ in range(2))
+    fields = []
+    for _ in range(2):
+        idx = torch.rand(b, hkv, t + spare, n, generator=gen).argsort(-1)[..., :s].to(torch.int16)
+        coef = torch.randn(b, hkv, t + spare, s, generator=gen).to(coef_dtype)
+        if index_bits == 12:
+            idx = pack_indices(idx)
+        fields += [idx[:, :, :t], coef[:, :, :t]]
+    return CompressedKV(*fields, dk, dv, index_bits=index_bits)
+
+
+def _plain(codes: CompressedKV) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 dense keys and values of the codes, by ``omp.reconstruct`` (int16 indices)."""
+    unpacked = codes.unpacked()
+    keys = reconstruct(unpacked.key_indices, unpacked.key_coefs.float(), codes.key_dictionary)
+    values = reconstruct(unpacked.value_indices, unpacked.value_coefs.float(), codes.value_dictionary)
+    return keys.double(), values.double()
+
+
+def _with_rotation(codes, angles, layout):
+    """Attach the tokens' rotation: as a RopeTable holds it (fp16, cos and sin side by side in one buffer), as
+    two separate fp32 tensors, or one batch row shared by every batch row."""
+    if layout == "table":
+        turns = torch.stack([angles.cos(), angles.sin()], dim=-1).half()  # (b, t, m/2, 2)
+        rope = (turns[..., 0], turns[..., 1])
+    elif layout == "separate":
+        rope = (angles.cos().float(), angles.sin().float())
+    else:
+        rope = (angles[:1].cos().float(), angles[:1].sin().float())
+    return dataclasses.replace(codes, key_rope=rope)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("index_bits,coef_dtype", FORMATS)
+@pytest.mark.parametrize("layout", ["table", "separate", "broadcast"])
+def test_rope_scores_equal_dense_rotated_keys(shape, index_bits, coef_dtype, layout):
+    b, hkv, rows, t, m, n, s = shape
+    gen = torch.Generator().manual_seed(t + m + s)
+    codes = _stored(b, hkv, t, s, m, n, index_bits, coef_dtype, gen, spare=5)
+    angles = torch.rand(b, t, m // 2, generator=gen, dtype=torch.float64) * 6.3
+    if layout == "broadcast":
+        angles = angles[:1].expand(b, t, m // 2)
+    codes = _with_rotation(codes, angles, layout)
+    cos, sin = codes.key_rope
+    used = torch.atan2(sin.double(), cos.double())  # the angles as stored (fp16 rounds them)
+    scale = (cos.double() ** 2 + sin.double() ** 2).sqrt()
+    query = torch.randn(b, hkv, rows, m, generator=gen)
+    keys, _ = _plain(codes)
+    rotated = rotate_complex(keys, used.expand(b, t, m // 2)[:, None]) * torch.cat([scale, scale], -1)[:, None]
+    expected = query.double() @ rotated.transpose(-1, -2)  # (b, hkv, rows, t)
+
+    held = dataclasses.replace(codes, key_dictionary=codes.key_dictionary[pair_order(m)].t().contiguous().t())
+    held = dataclasses.replace(held, key_pairs=True)
+    atoms = reference.tile_atoms(held, keys=True)
+    got = native.rope_scores(query[..., pair_order(m)].contiguous(), held, atoms)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("index_bits,coef_dtype", FORMATS)
+def test_value_weights_equal_dense_weighted_values(shape, index_bits, coef_dtype):
+    b, hkv, rows, t, m, n, s = shape
+    gen = torch.Generator().manual_seed(t + n)
+    codes = _stored(b, hkv, t, s, m, n, index_bits, coef_dtype, gen, spare=3)
+    probs = torch.softmax(torch.randn(b, hkv, rows, t + 2, generator=gen), -1)[..., 1 : t + 1]  # strided rows
+    _, values = _plain(codes)
+    weights = native.value_weights(probs, codes)
+    assert weights.shape == (b, hkv, rows, n) and weights.dtype == torch.float32
+    got = weights.double() @ codes.value_dictionary.double().t()
+    torch.testing.assert_close(got, probs.double() @ values, rtol=1e-5, atol=1e-6)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    gen = torch.Generator().manual_seed(3)
+    codes = _stored(1, 3, 1000, 8, 64, 256, 12, torch.float8_e4m3fn, gen)
+    angles = torch.rand(1, 1000, 32, generator=gen, dtype=torch.float64)
+    codes = _with_rotation(codes, angles, "table")
+    query, probs = torch.randn(1, 3, 3, 64, generator=gen), torch.rand(1, 3, 3, 1000, generator=gen)
+    atoms = reference.tile_atoms(codes, keys=True)
+    previous = torch.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            runs.append((native.rope_scores(query, codes, atoms), native.value_weights(probs, codes)))
+    finally:
+        torch.set_num_threads(previous)
+    for one, two in zip(*runs):
+        assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize("q_len", [1, 5])
+def test_attention_with_and_without_the_kernels_agree(q_len, monkeypatch):
+    """The decode path a layer runs (pre-RoPE pair-ordered codes, fp8, packed indices) gives the PyTorch
+    path's output with the kernels, and the PyTorch path itself with ``LEXICO_NATIVE=0``."""
+    gen = torch.Generator().manual_seed(q_len)
+    codes = _stored(1, 3, 500, 8, 64, 256, 12, torch.float8_e4m3fn, gen)
+    codes = _with_rotation(codes, torch.rand(1, 500, 32, generator=gen, dtype=torch.float64) * 6.3, "table")
+    held = dataclasses.replace(codes, key_dictionary=codes.key_dictionary[pair_order(64)].t().contiguous().t())
+    held = dataclasses.replace(held, key_pairs=True)
+    query = torch.randn(1, 9 if q_len == 1 else 3, q_len, 64, generator=gen)
+    key, value = torch.randn(1, 3, 20, 64, generator=gen), torch.randn(1, 3, 20, 64, generator=gen)
+    calls = []
+    for name in ("rope_scores", "value_weights"):
+        original = getattr(native, name)
+        monkeypatch.setattr(native, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+    fast = compressed_attention(query, key, value, held, None, scaling=0.125)
+    assert calls == ["rope_scores", "value_weights"]
+    monkeypatch.setenv(native.ENV_SWITCH, "0")
+    assert not native.available() and not native.usable(query, held)
+    slow = compressed_attention(query, key, value, held, None, scaling=0.125)
+    assert calls == ["rope_scores", "value_weights"]  # not called again
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
+
+
+def test_usable_only_where_the_kernels_apply():
+    gen = torch.Generator().manual_seed(0)
+    codes = _stored(1, 1, 4, 2, 16, 32, 16, torch.float32, gen)
+    query = torch.randn(1, 1, 1, 16)
+    assert native.usable(query, codes)
+    odd = _stored(1, 1, 4, 2, 12, 32, 16, torch.float32, gen)  # head_dim not a multiple of 8
+    assert not native.usable(torch.randn(1, 1, 1, 12), odd)
+    wide = _stored(1, 1, 4, 2, 16, 32, 16, torch.float64, gen)  # a coefficient dtype the kernels do not read
+    assert not native.usable(query, wide)
+    assert not native.usable(query.to("meta"), codes)
+
+
+def test_build_is_cached_by_source_flags_and_cpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("LEXICO_CHAT_HOME", str(tmp_path))
+    native.library.cache_clear()
+    try:
+        assert native.library() is not None
+        built = list((tmp_path / "native").iterdir())
+        assert len(built) == 1 and built[0].name.startswith("lexico_native-") and built[0].suffix == ".so"
+        stamp = built[0].stat().st_mtime_ns
+        native.library.cache_clear()
+        assert native.library() is not None and built[0].stat().st_mtime_ns == stamp  # reused, not rebuilt
+        assert list((tmp_path / "native").iterdir()) == built  # no temporary file left behind
+    finally:
+        native.library.cache_clear()
+
+
+def test_without_a_compiler_attention_falls_back_and_says_why(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("LEXICO_CHAT_HOME", str(tmp_path))
+    monkeypatch.setenv("CC", "no-such-compiler")
+    native.library.cache_clear()
+    try:
+        with caplog.at_level(logging.INFO, logger=native.__name__):
+            assert native.library() is None and not native.available()
+        assert "no C compiler" in caplog.text and "PyTorch path" in caplog.text
+        assert not (tmp_path / "native").exists()
+    finally:
+        native.library.cache_clear()
+
+
+def test_a_failing_build_leaves_no_file_and_falls_back(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("LEXICO_CHAT_HOME", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    native.library.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger=native.__name__):
+            assert native.library() is None
+        assert "native CPU kernels off" in caplog.text
+        assert list((tmp_path / "native").iterdir()) == []
+    finally:
+        native.library.cache_clear()
