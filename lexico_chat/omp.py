@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from lexico_chat import native
 from lexico_chat.accel import triton_enabled
 
 __all__ = [
@@ -162,12 +163,17 @@ def _omp_chunk(
     floor = (tol * tol) * (y * y).sum(1)  # (b,) squared residual norm at which a vector stops
     r = y.clone()
     corr = _correlate(y, d_sel, y.new_empty(b, d_sel.shape[1]))  # (b, N) fp32, one buffer for every step
+    fused = native.selects(corr)  # CPU: |corr|, the chosen atoms masked and the first argmax in one pass
     for k in range(s):
-        score = corr.abs_()
-        if k:
-            score.scatter_(1, idx[:, :k], -1.0)  # never pick an atom twice
-        j = first_argmax(score)  # (b,)
-        idx[:, k] = j
+        if fused:
+            native.select_atoms(corr, idx, k)
+            j = idx[:, k]
+        else:
+            score = corr.abs_()
+            if k:
+                score.scatter_(1, idx[:, :k], -1.0)  # never pick an atom twice
+            j = first_argmax(score)  # (b,)
+            idx[:, k] = j
         atom = dt[j]  # (b, m)
         proj = torch.bmm(q[:, :k], atom.unsqueeze(2)).squeeze(2)  # (b, k)
         resid = atom - torch.bmm(proj.unsqueeze(1), q[:, :k]).squeeze(1)  # (b, m)

@@ -1,4 +1,4 @@
-"""The native CPU kernels (``attention/native.c``): pre-RoPE key scores and value weights in atom space equal
+"""The native CPU kernels (``native.c``): pre-RoPE key scores and value weights in atom space equal
 dense float64 references on rebuilt, rotated keys and values, for every stored code format, strided store views,
 batch-broadcast rotations and thread counts; the build is cached and atomic, and without a compiler (or with
 ``LEXICO_NATIVE=0``) attention takes its PyTorch path with the same result."""
@@ -11,7 +11,8 @@ import logging
 import pytest
 import torch
 
-from lexico_chat.attention import compressed_attention, native, reference
+from lexico_chat import native
+from lexico_chat.attention import compressed_attention, reference
 from lexico_chat.attention.codes import CompressedKV, pack_indices
 from lexico_chat.omp import reconstruct
 from lexico_chat.rope import pair_order
@@ -180,7 +181,7 @@ def test_without_a_compiler_attention_falls_back_and_says_why(tmp_path, monkeypa
     try:
         with caplog.at_level(logging.INFO, logger=native.__name__):
             assert native.library() is None and not native.available()
-        assert "no C compiler" in caplog.text and "PyTorch path" in caplog.text
+        assert "no C compiler" in caplog.text and "PyTorch path runs instead" in caplog.text
         assert not (tmp_path / "native").exists()
     finally:
         native.library.cache_clear()
@@ -197,3 +198,39 @@ def test_a_failing_build_leaves_no_file_and_falls_back(tmp_path, monkeypatch, ca
         assert list((tmp_path / "native").iterdir()) == []
     finally:
         native.library.cache_clear()
+
+
+@pytest.mark.parametrize("n", [4096, 1000, 13])
+def test_select_atoms_is_the_first_argmax_of_the_unchosen_magnitudes(n):
+    """Ties broken towards the first index, the atoms already chosen never picked, rows with a stride wider
+    than the row, a length that is not a multiple of 8."""
+    gen = torch.Generator().manual_seed(n)
+    b, s = 37, 6
+    wide = torch.randint(-3, 4, (b, n + 5), generator=gen).float()  # small integers: many ties, signs mixed
+    corr = wide[:, :n]
+    idx = torch.zeros(b, s, dtype=torch.int64)
+    for k in range(s):
+        expected = corr.abs()
+        if k:
+            expected.scatter_(1, idx[:, :k], -1.0)
+        expected = expected.argmax(1)  # torch's argmax: the first maximum
+        native.select_atoms(corr.clone(), idx, k)
+        assert torch.equal(idx[:, k], expected)
+        corr = torch.randint(-3, 4, (b, n), generator=gen).float()  # fresh correlations, as after a GEMM
+
+
+def test_omp_with_and_without_the_native_selection_is_the_same(monkeypatch):
+    from lexico_chat.omp import omp
+
+    gen = torch.Generator().manual_seed(5)
+    dictionary = torch.nn.functional.normalize(torch.randn(64, 1024, generator=gen), dim=0)
+    vectors = torch.randn(300, 64, generator=gen)
+    fast = omp(vectors, dictionary, 8, select_dtype=torch.float32)
+    monkeypatch.setenv(native.ENV_SWITCH, "0")
+    slow = omp(vectors, dictionary, 8, select_dtype=torch.float32)
+    assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
+
+
+def test_select_atoms_refuses_indices_it_cannot_write():
+    with pytest.raises(ValueError, match="int64"):
+        native.select_atoms(torch.randn(2, 16), torch.zeros(2, 3, dtype=torch.int32), 0)

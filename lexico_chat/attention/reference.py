@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import torch
 
-from lexico_chat.attention import native
+from lexico_chat import native
 from lexico_chat.attention.codes import CompressedKV, coefs_to_float, stored_indices
 from lexico_chat.rope import pair_order, rotate_pairs_
 

@@ -16,6 +16,9 @@
  */
 #include <stdint.h>
 #include <string.h>
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
 
 #define MAX_DIM 256    /* head_dim and s at most this, head_dim a multiple of 8 (checked by the caller) */
 #define TOKEN_BLOCK 256 /* tokens per parallel task of the scores kernel */
@@ -39,9 +42,12 @@ void lexico_init(void) {
 /* n elements of one kind as floats, one vectorisable loop per kind. */
 static inline void widen(const uint8_t *p, int kind, int n, float *out) {
     if (kind == CODE_FP16) {
+        int i = 0;
+#ifdef __F16C__ /* eight at a time in hardware (gcc converts _Float16 one by one in software) */
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * i))));
+#endif
         const _Float16 *x = (const _Float16 *)p;
-#pragma omp simd
-        for (int i = 0; i < n; i++) out[i] = (float)x[i];
+        for (; i < n; i++) out[i] = (float)x[i];
     } else if (kind == CODE_FP32) {
         memcpy(out, p, sizeof(float) * (size_t)n);
     } else if (kind == CODE_FP8) {
@@ -79,7 +85,7 @@ typedef float v8u __attribute__((vector_size(32), aligned(4))); /* unaligned loa
 typedef int v8i __attribute__((vector_size(32)));
 
 /* One block of tokens of one (batch, head); m a multiple of 8 (a constant where inlined). */
-static inline void rope_block(const float *qh, const uint8_t *idx, int64_t i_st, int index_bits, const uint8_t *coef,
+static inline __attribute__((always_inline)) void rope_block(const float *qh, const uint8_t *idx, int64_t i_st, int index_bits, const uint8_t *coef,
                               int64_t c_st, int coef_kind, const float *atoms, const uint8_t *turn, int64_t r_st,
                               int turn_kind, float *oh, int64_t o_sg, int G, int start, int stop, int s,
                               const int m) {
@@ -164,5 +170,41 @@ void lexico_value_weights(const float *probs, int64_t p_sb, int64_t p_sh, int64_
                 for (int j = 0; j < s; j++) row[ix[j]] += weight * cf[j];
             }
         }
+    }
+}
+
+/* One step of OMP's atom selection for b rows of correlations c (row stride ldc): the k atoms already chosen
+ * (idx[r * ldi + 0 .. k-1]) are marked NaN, so they never win, and idx[r * ldi + k] becomes the first index of
+ * the largest |c| of the row (argmax semantics: the first on ties). c is scratch afterwards. */
+void lexico_select_atoms(float *c, int64_t ldc, int64_t *idx, int64_t ldi, int k, int b, int N) {
+    typedef unsigned int v8u32 __attribute__((vector_size(32)));
+    const v8u32 magnitude = {0x7FFFFFFFu, 0x7FFFFFFFu, 0x7FFFFFFFu, 0x7FFFFFFFu,
+                             0x7FFFFFFFu, 0x7FFFFFFFu, 0x7FFFFFFFu, 0x7FFFFFFFu};
+    const int lanes = N / 8;
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < b; r++) {
+        float *row = c + (int64_t)r * ldc;
+        int64_t *chosen = idx + (int64_t)r * ldi;
+        for (int j = 0; j < k; j++) row[chosen[j]] = __builtin_nanf("");
+        v8 best = {-1, -1, -1, -1, -1, -1, -1, -1};
+        v8i where = {0, 0, 0, 0, 0, 0, 0, 0}; /* per lane: the first vector holding its best */
+        for (int v = 0; v < lanes; v++) {
+            v8u raw = *(const v8u *)(row + 8 * v);
+            v8 x = (v8)((v8u32)raw & magnitude);
+            const v8i wins = x > best; /* false for NaN (a chosen atom) and for ties: the first stays */
+            best = (v8)(((v8i)x & wins) | ((v8i)best & ~wins));
+            where = (v & wins) | (where & ~wins);
+        }
+        float top = -1.0f;
+        int found = 0;
+        for (int i = 0; i < 8; i++) {
+            const int n = 8 * where[i] + i;
+            if (best[i] > top || (best[i] == top && n < found)) top = best[i], found = n;
+        }
+        for (int n = 8 * lanes; n < N; n++) { /* the tail of a row whose length is not a multiple of 8 */
+            const float x = __builtin_fabsf(row[n]);
+            if (x > top) top = x, found = n;
+        }
+        chosen[k] = found;
     }
 }

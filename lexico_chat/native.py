@@ -1,7 +1,7 @@
-"""Native CPU kernels of decode attention over sparse codes (``native.c``), built at first use and loaded
-with ctypes; the PyTorch path stays the reference and the fallback.
+"""Native CPU kernels (``native.c``), built at first use and loaded with ctypes; the PyTorch code they
+replace stays the reference and the fallback. This module imports torch and the standard library only.
 
-Two leaves of ``reference_attention`` run here on CPU tensors when the library is available:
+Two leaves of ``attention.reference`` run here on CPU tensors when the library is available:
 
 * ``rope_scores``: q · R(p_t) k_t for pre-RoPE key codes, each key rebuilt from its s atoms, rotated and
   dotted with its KV head's query rows in one pass (the PyTorch path writes a rebuilt (T, m) tile, rotates
@@ -9,6 +9,9 @@ Two leaves of ``reference_attention`` run here on CPU tensors when the library i
 * ``value_weights``: the attention weights of compressed values scattered into atom space, (rows, N) per
   KV head, by plain loops (``scatter_add_`` with its (rows, T·s) index and source tensors costs more than
   the adds).
+
+and one step of ``omp``'s selection: ``select_atoms`` takes |c|, masks the atoms already chosen and finds the
+first argmax of each row in one pass over the correlations (the PyTorch code makes three).
 
 The library is compiled with the system C compiler (``$CC``, else ``cc``) with ``-O3 -march=native
 -fopenmp`` into ``user_cache_folder()/native/``, named by a hash of the source, the flags and the CPU, and
@@ -29,13 +32,26 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from lexico_chat.attention.codes import CompressedKV
 from lexico_chat.paths import user_cache_folder
 
-__all__ = ["ENV_SWITCH", "MAX_DIM", "available", "library", "rope_scores", "usable", "value_weights"]
+if TYPE_CHECKING:
+    from lexico_chat.attention.codes import CompressedKV
+
+__all__ = [
+    "ENV_SWITCH",
+    "MAX_DIM",
+    "available",
+    "library",
+    "rope_scores",
+    "select_atoms",
+    "selects",
+    "usable",
+    "value_weights",
+]
 
 ENV_SWITCH = "LEXICO_NATIVE"
 MAX_DIM = 256  # head_dim and sparsity at most this (native.c's MAX_DIM)
@@ -50,6 +66,7 @@ _SIGNATURES = {
     "lexico_rope_scores": [_ptr, _i64, _i64, *_CODES, _ptr, _ptr, _i64, _i64, _int, _ptr, _i64, _i64, _i64]
     + [_int] * 6,
     "lexico_value_weights": [_ptr, _i64, _i64, _i64, *_CODES, _ptr] + [_int] * 6,
+    "lexico_select_atoms": [_ptr, _i64, _ptr, _i64, _int, _int, _int],
 }
 
 
@@ -83,7 +100,7 @@ def library() -> ctypes.CDLL | None:
     """The loaded kernels (built first if needed), or None when they cannot be had (logged once)."""
     compiler = os.environ.get("CC") or "cc"
     if shutil.which(compiler) is None:
-        logger.info("native CPU kernels off: no C compiler (%s) found; attention uses its PyTorch path", compiler)
+        logger.info("native CPU kernels off: no C compiler (%s) found; the PyTorch path runs instead", compiler)
         return None
     key = hashlib.sha256(_SOURCE.read_bytes() + " ".join((compiler, *_FLAGS)).encode() + _cpu_tag().encode())
     target = user_cache_folder() / "native" / f"lexico_native-{key.hexdigest()[:16]}.so"
@@ -93,7 +110,7 @@ def library() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as error:
         detail = getattr(error, "stderr", None) or error
-        logger.warning("native CPU kernels off (%s); attention uses its PyTorch path", str(detail).strip()[:500])
+        logger.warning("native CPU kernels off (%s); the PyTorch path runs instead", str(detail).strip()[:500])
         return None
     for name, argtypes in _SIGNATURES.items():
         function = getattr(lib, name)
@@ -225,3 +242,26 @@ def value_weights(probs: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
         n_atoms,
     )
     return weights
+
+
+def selects(corr: torch.Tensor) -> bool:
+    """Whether ``select_atoms`` takes these correlations: (b, N) float32 on the CPU with unit column stride,
+    the library available."""
+    return corr.device.type == "cpu" and corr.dtype == torch.float32 and corr.stride(-1) == 1 and available()
+
+
+def select_atoms(corr: torch.Tensor, idx: torch.Tensor, k: int) -> None:
+    """One OMP selection step in place: ``idx[:, k]`` = the first index of the largest ``|corr|`` of each row
+    among the atoms not in ``idx[:, :k]`` (``first_argmax`` of ``corr.abs()`` with the chosen ones masked).
+
+    Parameters
+    ----------
+    corr : (b, N) float32 correlations, row-strided; scratch afterwards (chosen entries are set to NaN).
+    idx : (b, s) int64 with unit column stride; its columns before ``k`` hold the atoms already chosen.
+    k : the step, 0 <= k < s.
+    """
+    if idx.dtype != torch.int64 or idx.stride(-1) != 1:
+        raise ValueError("select_atoms needs (b, s) int64 indices with unit column stride")
+    library().lexico_select_atoms(
+        corr.data_ptr(), corr.stride(0), idx.data_ptr(), idx.stride(0), k, corr.shape[0], corr.shape[1]
+    )
