@@ -173,24 +173,48 @@ void lexico_value_weights(const float *probs, int64_t p_sb, int64_t p_sh, int64_
     }
 }
 
-/* One step of OMP's atom selection for b rows of correlations c (row stride ldc): the k atoms already chosen
- * (idx[r * ldi + 0 .. k-1]) are marked NaN, so they never win, and idx[r * ldi + k] becomes the first index of
- * the largest |c| of the row (argmax semantics: the first on ties). c is scratch afterwards. */
-void lexico_select_atoms(float *c, int64_t ldc, int64_t *idx, int64_t ldi, int k, int b, int N) {
-    typedef unsigned int v8u32 __attribute__((vector_size(32)));
+/* One step of OMP's atom selection for b rows of correlations c (row stride ldc elements; float32, or bfloat16
+ * when bf16 is set): the k atoms already chosen (idx[r * ldi + 0 .. k-1]) are marked NaN, so they never win,
+ * and idx[r * ldi + k] becomes the first index of the largest |c| of the row (argmax semantics: the first on
+ * ties). c is scratch afterwards. */
+typedef unsigned int v8u32 __attribute__((vector_size(32)));
+typedef unsigned short v8u16 __attribute__((vector_size(16), aligned(2)));
+
+static inline v8 magnitudes(const void *row, int v, int bf16) {
     const v8u32 magnitude = {0x7FFFFFFFu, 0x7FFFFFFFu, 0x7FFFFFFFu, 0x7FFFFFFFu,
                              0x7FFFFFFFu, 0x7FFFFFFFu, 0x7FFFFFFFu, 0x7FFFFFFFu};
+    v8u32 bits;
+    if (bf16)
+        bits = __builtin_convertvector(*(const v8u16 *)((const uint16_t *)row + 8 * v), v8u32) << 16;
+    else
+        bits = (v8u32) * (const v8u *)((const float *)row + 8 * v);
+    return (v8)(bits & magnitude);
+}
+
+static inline float magnitude_at(const void *row, int64_t n, int bf16) {
+    if (!bf16) return __builtin_fabsf(((const float *)row)[n]);
+    const uint32_t bits = (uint32_t)(((const uint16_t *)row)[n] & 0x7FFF) << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+void lexico_select_atoms(void *c, int64_t ldc, int bf16, int64_t *idx, int64_t ldi, int k, int b, int N) {
     const int lanes = N / 8;
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < b; r++) {
-        float *row = c + (int64_t)r * ldc;
+        void *row = bf16 ? (void *)((uint16_t *)c + (int64_t)r * ldc) : (void *)((float *)c + (int64_t)r * ldc);
         int64_t *chosen = idx + (int64_t)r * ldi;
-        for (int j = 0; j < k; j++) row[chosen[j]] = __builtin_nanf("");
+        for (int j = 0; j < k; j++) {
+            if (bf16)
+                ((uint16_t *)row)[chosen[j]] = 0x7FC0; /* NaN */
+            else
+                ((float *)row)[chosen[j]] = __builtin_nanf("");
+        }
         v8 best = {-1, -1, -1, -1, -1, -1, -1, -1};
         v8i where = {0, 0, 0, 0, 0, 0, 0, 0}; /* per lane: the first vector holding its best */
         for (int v = 0; v < lanes; v++) {
-            v8u raw = *(const v8u *)(row + 8 * v);
-            v8 x = (v8)((v8u32)raw & magnitude);
+            const v8 x = magnitudes(row, v, bf16);
             const v8i wins = x > best; /* false for NaN (a chosen atom) and for ties: the first stays */
             best = (v8)(((v8i)x & wins) | ((v8i)best & ~wins));
             where = (v & wins) | (where & ~wins);
@@ -202,7 +226,7 @@ void lexico_select_atoms(float *c, int64_t ldc, int64_t *idx, int64_t ldi, int k
             if (best[i] > top || (best[i] == top && n < found)) top = best[i], found = n;
         }
         for (int n = 8 * lanes; n < N; n++) { /* the tail of a row whose length is not a multiple of 8 */
-            const float x = __builtin_fabsf(row[n]);
+            const float x = magnitude_at(row, n, bf16);
             if (x > top) top = x, found = n;
         }
         chosen[k] = found;

@@ -66,7 +66,7 @@ _SIGNATURES = {
     "lexico_rope_scores": [_ptr, _i64, _i64, *_CODES, _ptr, _ptr, _i64, _i64, _int, _ptr, _i64, _i64, _i64]
     + [_int] * 6,
     "lexico_value_weights": [_ptr, _i64, _i64, _i64, *_CODES, _ptr] + [_int] * 6,
-    "lexico_select_atoms": [_ptr, _i64, _ptr, _i64, _int, _int, _int],
+    "lexico_select_atoms": [_ptr, _i64, _int, _ptr, _i64, _int, _int, _int],
 }
 
 
@@ -245,9 +245,14 @@ def value_weights(probs: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
 
 
 def selects(corr: torch.Tensor) -> bool:
-    """Whether ``select_atoms`` takes these correlations: (b, N) float32 on the CPU with unit column stride,
-    the library available."""
-    return corr.device.type == "cpu" and corr.dtype == torch.float32 and corr.stride(-1) == 1 and available()
+    """Whether ``select_atoms`` takes these correlations: (b, N) float32 or bfloat16 on the CPU with unit column
+    stride, the library available."""
+    return (
+        corr.device.type == "cpu"
+        and corr.dtype in (torch.float32, torch.bfloat16)
+        and corr.stride(-1) == 1
+        and available()
+    )
 
 
 def select_atoms(corr: torch.Tensor, idx: torch.Tensor, k: int) -> None:
@@ -256,12 +261,13 @@ def select_atoms(corr: torch.Tensor, idx: torch.Tensor, k: int) -> None:
 
     Parameters
     ----------
-    corr : (b, N) float32 correlations, row-strided; scratch afterwards (chosen entries are set to NaN).
+    corr : (b, N) float32 or bfloat16 correlations, row-strided; scratch afterwards (chosen entries become NaN).
     idx : (b, s) int64 with unit column stride; its columns before ``k`` hold the atoms already chosen.
     k : the step, 0 <= k < s.
     """
     if idx.dtype != torch.int64 or idx.stride(-1) != 1:
         raise ValueError("select_atoms needs (b, s) int64 indices with unit column stride")
+    bf16 = int(corr.dtype == torch.bfloat16)
     library().lexico_select_atoms(
-        corr.data_ptr(), corr.stride(0), idx.data_ptr(), idx.stride(0), k, corr.shape[0], corr.shape[1]
+        corr.data_ptr(), corr.stride(0), bf16, idx.data_ptr(), idx.stride(0), k, corr.shape[0], corr.shape[1]
     )

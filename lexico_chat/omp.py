@@ -119,8 +119,10 @@ def fastest_select_dtype(device: torch.device | str) -> torch.dtype:
     OMP codes ``BF16_GAIN`` times faster with it, else float32: exact OMP. Without bf16 instructions bf16 GEMMs
     are emulated, about a hundred times slower than fp32 (0.5 against 60 GFLOP/s on an AVX2 machine), and no
     probe runs. With them the probe times OMP itself: on a 2-core AMX machine bf16 GEMMs were 4.5x faster but
-    bf16-selection OMP coded 38.1k vectors/s against 38.5k (the passes over the correlations dominate), and a
-    probe of the bare GEMM at a small shape crossed the threshold in some runs and not in others.
+    bf16-selection OMP coded 38.1k vectors/s against 38.5k with the PyTorch selection (its passes over the
+    correlations dominate); with the native selection (``lexico_chat.native``) 68k against 45-49k at (64, 4096,
+    8), while the probe's own shape gains 1.05-1.25x, so fp32 stays (a probe of the bare GEMM at a small shape
+    crossed the threshold in some runs and not in others).
     Probed once per device type per process (about 40 ms where it runs)."""
     kind = torch.device(device).type
     return torch.bfloat16 if kind == "cuda" else _probed_select_dtype(kind)
@@ -162,11 +164,15 @@ def _omp_chunk(
     idx = torch.zeros(b, s, dtype=torch.long, device=y.device)
     floor = (tol * tol) * (y * y).sum(1)  # (b,) squared residual norm at which a vector stops
     r = y.clone()
-    corr = _correlate(y, d_sel, y.new_empty(b, d_sel.shape[1]))  # (b, N) fp32, one buffer for every step
-    fused = native.selects(corr)  # CPU: |corr|, the chosen atoms masked and the first argmax in one pass
+    fused = native.selects(y.new_empty(0, 0, dtype=d_sel.dtype))  # CPU: |c|, mask and first argmax in one pass
+    held = d_sel.dtype if fused else torch.float32  # the natively selected correlations stay in the GEMM's dtype
+    corr = y.new_empty(b, d_sel.shape[1], dtype=held)  # (b, N), one buffer for every step
+    if fused:
+        _correlate_and_select(y, d_sel, corr, idx, 0)
+    else:
+        corr = _correlate(y, d_sel, corr)
     for k in range(s):
         if fused:
-            native.select_atoms(corr, idx, k)
             j = idx[:, k]
         else:
             score = corr.abs_()
@@ -188,16 +194,27 @@ def _omp_chunk(
         z[:, k] = zk
         if k + 1 < s:
             r.sub_(zk.unsqueeze(1) * qk)
-            corr = _correlate(r, d_sel, corr)
+            if fused:
+                _correlate_and_select(r, d_sel, corr, idx, k + 1)
+            else:
+                corr = _correlate(r, d_sel, corr)
     coef = torch.linalg.solve_triangular(u, z.unsqueeze(2), upper=True).squeeze(2)
     return idx, coef
 
 
+def _correlate_and_select(r: torch.Tensor, d_sel: torch.Tensor, corr: torch.Tensor, idx: torch.Tensor, k: int):
+    # the correlations of r (b, m) fp32 into ``corr`` (b, N) in d_sel's dtype, then step k's atoms into idx[:, k]
+    # natively. (Blocks of rows kept in L2 between the GEMM and the selection were slower: 256-row blocks coded
+    # 59-62k vectors/s in bf16 at (64, 4096, 8), one block 70-71k.)
+    torch.matmul(r.to(d_sel.dtype), d_sel, out=corr)
+    native.select_atoms(corr, idx, k)
+
+
 def _correlate(r: torch.Tensor, d_sel: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    # r: (b, m) fp32 -> ``out`` (b, N) fp32; the product runs in d_sel's dtype. Writing into one buffer
-    # matters on CPU: a fresh 8 MB result per step costs more in page faults than the GEMM (4.3 vs 2.6 ms)
-    if d_sel.dtype == torch.float32:
-        return torch.matmul(r, d_sel, out=out)
+    # r: (b, m) fp32 -> ``out`` (b, N) fp32, or in d_sel's dtype; the product runs in d_sel's dtype. Writing into
+    # one buffer matters on CPU: a fresh 8 MB result per step costs more in page faults than the GEMM (4.3 vs 2.6 ms)
+    if d_sel.dtype == out.dtype:
+        return torch.matmul(r.to(d_sel.dtype), d_sel, out=out)
     return out.copy_(r.to(d_sel.dtype) @ d_sel)
 
 

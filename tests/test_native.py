@@ -234,3 +234,26 @@ def test_omp_with_and_without_the_native_selection_is_the_same(monkeypatch):
 def test_select_atoms_refuses_indices_it_cannot_write():
     with pytest.raises(ValueError, match="int64"):
         native.select_atoms(torch.randn(2, 16), torch.zeros(2, 3, dtype=torch.int32), 0)
+
+
+def test_bf16_selection_picks_what_the_pytorch_code_picks(monkeypatch):
+    """bf16 correlations are selected in place natively; the PyTorch code widens them to fp32 first (exact)."""
+    from lexico_chat.omp import omp
+
+    gen = torch.Generator().manual_seed(6)
+    dictionary = torch.nn.functional.normalize(torch.randn(64, 512, generator=gen), dim=0)
+    vectors = torch.randn(200, 64, generator=gen)
+    fast = omp(vectors, dictionary, 6, select_dtype=torch.bfloat16)
+    monkeypatch.setenv(native.ENV_SWITCH, "0")
+    slow = omp(vectors, dictionary, 6, select_dtype=torch.bfloat16)
+    assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
+
+
+def test_select_atoms_reads_bf16_rows():
+    gen = torch.Generator().manual_seed(7)
+    corr = torch.randint(-4, 5, (9, 203), generator=gen).to(torch.bfloat16)
+    idx = torch.zeros(9, 3, dtype=torch.int64)
+    idx[:, 0] = corr.float().abs().argmax(1)
+    expected = corr.float().abs().scatter(1, idx[:, :1], -1.0).argmax(1)
+    native.select_atoms(corr, idx, 1)
+    assert torch.equal(idx[:, 1], expected)
