@@ -219,34 +219,23 @@ def test_select_atoms_is_the_first_argmax_of_the_unchosen_magnitudes(n):
         corr = torch.randint(-3, 4, (b, n), generator=gen).float()  # fresh correlations, as after a GEMM
 
 
-def test_omp_with_and_without_the_native_selection_is_the_same(monkeypatch):
+@pytest.mark.parametrize("select_dtype", [torch.float32, torch.bfloat16])
+def test_omp_with_and_without_the_native_selection_is_the_same(select_dtype, monkeypatch):
+    """bf16 correlations are selected in place natively; the PyTorch code widens them to fp32 first (exact)."""
     from lexico_chat.omp import omp
 
     gen = torch.Generator().manual_seed(5)
     dictionary = torch.nn.functional.normalize(torch.randn(64, 1024, generator=gen), dim=0)
     vectors = torch.randn(300, 64, generator=gen)
-    fast = omp(vectors, dictionary, 8, select_dtype=torch.float32)
+    fast = omp(vectors, dictionary, 8, select_dtype=select_dtype)
     monkeypatch.setenv(native.ENV_SWITCH, "0")
-    slow = omp(vectors, dictionary, 8, select_dtype=torch.float32)
+    slow = omp(vectors, dictionary, 8, select_dtype=select_dtype)
     assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
 
 
 def test_select_atoms_refuses_indices_it_cannot_write():
     with pytest.raises(ValueError, match="int64"):
         native.select_atoms(torch.randn(2, 16), torch.zeros(2, 3, dtype=torch.int32), 0)
-
-
-def test_bf16_selection_picks_what_the_pytorch_code_picks(monkeypatch):
-    """bf16 correlations are selected in place natively; the PyTorch code widens them to fp32 first (exact)."""
-    from lexico_chat.omp import omp
-
-    gen = torch.Generator().manual_seed(6)
-    dictionary = torch.nn.functional.normalize(torch.randn(64, 512, generator=gen), dim=0)
-    vectors = torch.randn(200, 64, generator=gen)
-    fast = omp(vectors, dictionary, 6, select_dtype=torch.bfloat16)
-    monkeypatch.setenv(native.ENV_SWITCH, "0")
-    slow = omp(vectors, dictionary, 6, select_dtype=torch.bfloat16)
-    assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
 
 
 def test_select_atoms_reads_bf16_rows():
