@@ -84,40 +84,92 @@ typedef float v8 __attribute__((vector_size(32)));
 typedef float v8u __attribute__((vector_size(32), aligned(4))); /* unaligned loads and stores */
 typedef int v8i __attribute__((vector_size(32)));
 
-/* One block of tokens of one (batch, head); m a multiple of 8 (a constant where inlined). */
-static inline __attribute__((always_inline)) void rope_block(const float *qh, const uint8_t *idx, int64_t i_st, int index_bits, const uint8_t *coef,
-                              int64_t c_st, int coef_kind, const float *atoms, const uint8_t *turn, int64_t r_st,
-                              int turn_kind, float *oh, int64_t o_sg, int G, int start, int stop, int s,
-                              const int m) {
+/* The codes of one (batch, head): token t's indices at idx + t * i_st, coefficients at coef + t * c_st. */
+typedef struct {
+    const uint8_t *idx, *coef;
+    int64_t i_st, c_st;
+    int index_bits, coef_kind, s;
+} Codes;
+
+static inline Codes codes_at(const uint8_t *idx, int64_t i_sb, int64_t i_sh, int64_t i_st, int index_bits,
+                             const uint8_t *coef, int64_t c_sb, int64_t c_sh, int64_t c_st, int coef_kind, int s,
+                             int b, int h) {
+    Codes c = {idx + b * i_sb + h * i_sh, coef + b * c_sb + h * c_sh, i_st, c_st, index_bits, coef_kind, s};
+    return c;
+}
+
+/* Token t's vector rebuilt from its atoms (rows of the (N, m) table) into vec (m / 8 vectors); rotated by its
+ * (cos, sin) pairs, side by side at turn, when turn is not NULL. m is a multiple of 8 (a constant where
+ * inlined). */
+static inline __attribute__((always_inline)) void build_vector(const Codes *codes, int t, const float *atoms,
+                                                               const uint8_t *turn, int turn_kind, const int m,
+                                                               v8 *vec) {
     const v8i pick_cos = {0, 0, 2, 2, 4, 4, 6, 6}, pick_sin = {1, 1, 3, 3, 5, 5, 7, 7};
     const v8i swap = {1, 0, 3, 2, 5, 4, 7, 6};
     const v8 sign = {-1, 1, -1, 1, -1, 1, -1, 1};
-    const int lanes = m / 8;
+    const int lanes = m / 8, s = codes->s;
     int32_t ix[MAX_DIM];
     float cf[MAX_DIM], cs[MAX_DIM];
+    load_code(codes->idx + t * codes->i_st, codes->index_bits, codes->coef + t * codes->c_st, codes->coef_kind, s,
+              ix, cf);
+    const v8u *first = (const v8u *)(atoms + (int64_t)ix[0] * m);
+    for (int v = 0; v < lanes; v++) vec[v] = cf[0] * first[v];
+    for (int j = 1; j < s; j++) {
+        const v8u *atom = (const v8u *)(atoms + (int64_t)ix[j] * m);
+        const float c = cf[j];
+        for (int v = 0; v < lanes; v++) vec[v] += c * atom[v];
+    }
+    if (!turn) return;
+    widen(turn, turn_kind, m, cs); /* cos_i, sin_i side by side, as the vector's pairs */
+    for (int v = 0; v < lanes; v++) {
+        const v8 pairs = *(const v8u *)(cs + 8 * v), k = vec[v];
+        vec[v] = k * __builtin_shuffle(pairs, pick_cos) + __builtin_shuffle(k, swap) * __builtin_shuffle(pairs, pick_sin) * sign;
+    }
+}
+
+/* Scores of G query rows (qh, rows of m) against tokens start..stop: out[g * o_sg + t]. */
+static inline __attribute__((always_inline)) void score_block(const Codes *codes, const float *atoms,
+                                                              const uint8_t *turns, int64_t r_st, int turn_kind,
+                                                              const float *qh, float *oh, int64_t o_sg, int G,
+                                                              int start, int stop, const int m) {
     v8 key[MAX_DIM / 8];
     for (int t = start; t < stop; t++) {
-        load_code(idx + t * i_st, index_bits, coef + t * c_st, coef_kind, s, ix, cf);
-        const v8u *first = (const v8u *)(atoms + (int64_t)ix[0] * m);
-        for (int v = 0; v < lanes; v++) key[v] = cf[0] * first[v];
-        for (int j = 1; j < s; j++) {
-            const v8u *atom = (const v8u *)(atoms + (int64_t)ix[j] * m);
-            const float c = cf[j];
-            for (int v = 0; v < lanes; v++) key[v] += c * atom[v];
-        }
-        widen(turn + t * r_st, turn_kind, m, cs); /* cos_i, sin_i side by side, as the key's pairs */
-        for (int v = 0; v < lanes; v++) {
-            const v8 pairs = *(const v8u *)(cs + 8 * v), k = key[v];
-            key[v] = k * __builtin_shuffle(pairs, pick_cos) + __builtin_shuffle(k, swap) * __builtin_shuffle(pairs, pick_sin) * sign;
-        }
+        build_vector(codes, t, atoms, turns + t * r_st, turn_kind, m, key);
         for (int g = 0; g < G; g++) {
             const v8u *row = (const v8u *)(qh + (int64_t)g * m);
             v8 acc = key[0] * row[0];
-            for (int v = 1; v < lanes; v++) acc += key[v] * row[v];
+            for (int v = 1; v < m / 8; v++) acc += key[v] * row[v];
             oh[g * o_sg + t] = acc[0] + acc[1] + acc[2] + acc[3] + acc[4] + acc[5] + acc[6] + acc[7];
         }
     }
 }
+
+/* Tokens start..stop rebuilt (and rotated when turns is not NULL) into `repeat` outputs, each (T, m) rows at
+ * out + r * out_step. */
+static inline __attribute__((always_inline)) void rebuild_block(const Codes *codes, const float *atoms,
+                                                                const uint8_t *turns, int64_t r_st, int turn_kind,
+                                                                float *out, int64_t out_step, int repeat, int start,
+                                                                int stop, const int m) {
+    v8 vec[MAX_DIM / 8];
+    for (int t = start; t < stop; t++) {
+        build_vector(codes, t, atoms, turns ? turns + t * r_st : NULL, turn_kind, m, vec);
+        for (int r = 0; r < repeat; r++) {
+            v8u *row = (v8u *)(out + r * out_step + (int64_t)t * m);
+            for (int v = 0; v < m / 8; v++) row[v] = vec[v];
+        }
+    }
+}
+
+/* f(..., m) with m a compile-time constant for the common head sizes. */
+#define BY_HEAD_DIM(f, m, ...)        \
+    do {                              \
+        if ((m) == 64)                \
+            f(__VA_ARGS__, 64);       \
+        else if ((m) == 128)          \
+            f(__VA_ARGS__, 128);      \
+        else                          \
+            f(__VA_ARGS__, (m));      \
+    } while (0)
 
 void lexico_rope_scores(const float *q, int64_t q_sb, int64_t q_sh,                           /* (B, H, G, m) */
                         const uint8_t *idx, int64_t i_sb, int64_t i_sh, int64_t i_st, int index_bits,
@@ -132,18 +184,29 @@ void lexico_rope_scores(const float *q, int64_t q_sb, int64_t q_sh,             
     for (int64_t task = 0; task < tasks; task++) {
         const int block = (int)(task % blocks), h = (int)(task / blocks % H), b = (int)(task / blocks / H);
         const int start = block * TOKEN_BLOCK, stop = start + TOKEN_BLOCK < T ? start + TOKEN_BLOCK : T;
-        const float *qh = q + b * q_sb + h * q_sh;
-        const uint8_t *ih = idx + b * i_sb + h * i_sh, *ch = coef + b * c_sb + h * c_sh, *rb = turns + b * r_sb;
-        float *oh = out + b * o_sb + h * o_sh;
-        if (m == 64)
-            rope_block(qh, ih, i_st, index_bits, ch, c_st, coef_kind, atoms, rb, r_st, turn_kind, oh, o_sg, G, start,
-                       stop, s, 64);
-        else if (m == 128)
-            rope_block(qh, ih, i_st, index_bits, ch, c_st, coef_kind, atoms, rb, r_st, turn_kind, oh, o_sg, G, start,
-                       stop, s, 128);
-        else
-            rope_block(qh, ih, i_st, index_bits, ch, c_st, coef_kind, atoms, rb, r_st, turn_kind, oh, o_sg, G, start,
-                       stop, s, m);
+        const Codes codes = codes_at(idx, i_sb, i_sh, i_st, index_bits, coef, c_sb, c_sh, c_st, coef_kind, s, b, h);
+        BY_HEAD_DIM(score_block, m, &codes, atoms, turns + b * r_sb, r_st, turn_kind, q + b * q_sb + h * q_sh,
+                    out + b * o_sb + h * o_sh, o_sg, G, start, stop);
+    }
+}
+
+/* Dense vectors of T tokens: out (B, H * repeat, T, m) contiguous, KV head h's vectors written to output heads
+ * h * repeat .. h * repeat + repeat - 1 (as many as the query heads it serves); rotated by their (cos, sin) when
+ * turns is not NULL. */
+void lexico_rebuild(const uint8_t *idx, int64_t i_sb, int64_t i_sh, int64_t i_st, int index_bits,
+                    const uint8_t *coef, int64_t c_sb, int64_t c_sh, int64_t c_st, int coef_kind,
+                    const float *atoms, const uint8_t *turns, int64_t r_sb, int64_t r_st, int turn_kind,
+                    float *out, int repeat, int B, int H, int T, int s, int m) {
+    const int blocks = (T + TOKEN_BLOCK - 1) / TOKEN_BLOCK;
+    const int64_t tasks = (int64_t)B * H * blocks, head = (int64_t)T * m;
+#pragma omp parallel for schedule(static)
+    for (int64_t task = 0; task < tasks; task++) {
+        const int block = (int)(task % blocks), h = (int)(task / blocks % H), b = (int)(task / blocks / H);
+        const int start = block * TOKEN_BLOCK, stop = start + TOKEN_BLOCK < T ? start + TOKEN_BLOCK : T;
+        const Codes codes = codes_at(idx, i_sb, i_sh, i_st, index_bits, coef, c_sb, c_sh, c_st, coef_kind, s, b, h);
+        float *first = out + ((int64_t)b * H + h) * repeat * head;
+        BY_HEAD_DIM(rebuild_block, m, &codes, atoms, turns ? turns + b * r_sb : NULL, r_st, turn_kind, first, head,
+                    repeat, start, stop);
     }
 }
 

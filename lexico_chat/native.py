@@ -1,11 +1,14 @@
 """Native CPU kernels (``native.c``), built at first use and loaded with ctypes; the PyTorch code they
 replace stays the reference and the fallback. This module imports torch and the standard library only.
 
-Two leaves of ``attention.reference`` run here on CPU tensors when the library is available:
+Three pieces of ``attention.reference`` run here on CPU tensors when the library is available:
 
 * ``rope_scores``: q · R(p_t) k_t for pre-RoPE key codes, each key rebuilt from its s atoms, rotated and
   dotted with its KV head's query rows in one pass (the PyTorch path writes a rebuilt (T, m) tile, rotates
   it in a second pass and multiplies in a third).
+* ``rebuild``: a tile of dense vectors (pre-RoPE keys rotated), written straight into the per-query-head
+  layout the chunk path's fused attention takes (PyTorch: ``embedding_bag``, a rotation pass and a copy per
+  head).
 * ``value_weights``: the attention weights of compressed values scattered into atom space, (rows, N) per
   KV head, by plain loops (``scatter_add_`` with its (rows, T·s) index and source tensors costs more than
   the adds).
@@ -46,6 +49,7 @@ __all__ = [
     "MAX_DIM",
     "available",
     "library",
+    "rebuild",
     "rope_scores",
     "select_atoms",
     "selects",
@@ -66,6 +70,7 @@ _SIGNATURES = {
     "lexico_rope_scores": [_ptr, _i64, _i64, *_CODES, _ptr, _ptr, _i64, _i64, _int, _ptr, _i64, _i64, _i64]
     + [_int] * 6,
     "lexico_value_weights": [_ptr, _i64, _i64, _i64, *_CODES, _ptr] + [_int] * 6,
+    "lexico_rebuild": [*_CODES, _ptr, _ptr, _i64, _i64, _int, _ptr] + [_int] * 6,
     "lexico_select_atoms": [_ptr, _i64, _int, _ptr, _i64, _int, _int, _int],
 }
 
@@ -150,10 +155,9 @@ def _code_args(indices: torch.Tensor, coefs: torch.Tensor, index_bits: int) -> t
     return args, held
 
 
-def _rotation(codes: CompressedKV) -> tuple[torch.Tensor, int, int, int]:
-    """(tensor kept alive, its cos pointer, batch and token byte strides) of the compressed tokens' (cos, sin)
-    side by side per pair, as a ``RopeTable`` holds them (a stacked copy otherwise)."""
-    cos, sin = codes.key_rope
+def _rotation(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
+    """(tensor kept alive, its cos pointer, batch and token byte strides) of tokens' (cos, sin), each (b or 1,
+    t, m/2), side by side per pair as a ``RopeTable`` holds them (a stacked fp32 copy otherwise)."""
     side_by_side = (
         cos.dtype in _CODE_KINDS
         and sin.stride() == cos.stride()
@@ -183,7 +187,7 @@ def rope_scores(flat: torch.Tensor, codes: CompressedKV, atoms: torch.Tensor) ->
     t, s = codes.length, codes.key_coefs.shape[-1]
     flat = flat.contiguous()
     out = flat.new_empty(b, hkv, rows, t)
-    turns, turn_ptr, turn_sb, turn_st = _rotation(codes)
+    turns, turn_ptr, turn_sb, turn_st = _rotation(*codes.key_rope)
     code_args, _held = _code_args(codes.key_indices, codes.key_coefs, codes.index_bits)
     library().lexico_rope_scores(
         flat.data_ptr(),
@@ -205,6 +209,42 @@ def rope_scores(flat: torch.Tensor, codes: CompressedKV, atoms: torch.Tensor) ->
         t,
         s,
         m,
+    )
+    return out
+
+
+def rebuild(
+    codes: CompressedKV, start: int, stop: int, atoms: torch.Tensor, *, keys: bool, repeat: int = 1
+) -> torch.Tensor:
+    """Dense vectors of compressed tokens start..stop, each KV head's written ``repeat`` times.
+
+    Parameters
+    ----------
+    codes : the compressed tokens; pre-RoPE keys (``key_rope`` set) are rotated by their tokens' (cos, sin).
+    start, stop : the tokens, 0 <= start < stop <= ``codes.length``.
+    atoms : (N, m) contiguous float32 atoms (``reference.tile_atoms(codes, keys=keys)``: pre-RoPE key atoms in
+        ``rope.pair_order``, so the result is in that order too).
+    keys : the keys (True) or the values.
+    repeat : copies per KV head (the query heads each serves: the layout fused attention kernels take).
+
+    Returns
+    -------
+    (b, kv_heads * repeat, stop - start, m) float32, contiguous; output head h * repeat + r holds KV head h.
+    """
+    indices = (codes.key_indices if keys else codes.value_indices)[:, :, start:stop]
+    coefs = (codes.key_coefs if keys else codes.value_coefs)[:, :, start:stop]
+    b, hkv, t, s = coefs.shape
+    m = atoms.shape[1]
+    out = atoms.new_empty(b, hkv * repeat, t, m)
+    code_args, _held = _code_args(indices, coefs, codes.index_bits)
+    if keys and codes.key_rope is not None:
+        cos, sin = codes.key_rope
+        turns, turn_ptr, turn_sb, turn_st = _rotation(cos[:, start:stop], sin[:, start:stop])
+        kind = _CODE_KINDS[turns.dtype]
+    else:
+        turns, turn_ptr, turn_sb, turn_st, kind = None, None, 0, 0, 0
+    library().lexico_rebuild(
+        *code_args, atoms.data_ptr(), turn_ptr, turn_sb, turn_st, kind, out.data_ptr(), repeat, b, hkv, t, s, m
     )
     return out
 

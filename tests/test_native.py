@@ -246,3 +246,46 @@ def test_select_atoms_reads_bf16_rows():
     expected = corr.float().abs().scatter(1, idx[:, :1], -1.0).argmax(1)
     native.select_atoms(corr, idx, 1)
     assert torch.equal(idx[:, 1], expected)
+
+
+@pytest.mark.parametrize("key_space", ["post_rope", "pre_rope"])
+@pytest.mark.parametrize("index_bits,coef_dtype", FORMATS[:2])
+@pytest.mark.parametrize("repeat", [1, 3])
+def test_rebuilt_tiles_equal_dense_vectors(key_space, index_bits, coef_dtype, repeat, monkeypatch):
+    """``native.rebuild`` through ``reference.dense_tiles``: every tile, keys (rotated when pre-RoPE) and values,
+    each KV head repeated for the query heads it serves, as the dense reconstruction gives them."""
+    monkeypatch.setattr(reference, "TILE_TOKENS", 48)  # three tiles, the last one short
+    gen = torch.Generator().manual_seed(repeat)
+    b, hkv, t, m, n, s = 2, 2, 130, 64, 256, 8
+    codes = _stored(b, hkv, t, s, m, n, index_bits, coef_dtype, gen, spare=4)
+    angles = torch.rand(b, t, m // 2, generator=gen, dtype=torch.float64) * 6.3
+    if key_space == "pre_rope":
+        codes = _with_rotation(codes, angles, "table")
+        held = codes.key_dictionary[pair_order(m)].t().contiguous().t()
+        codes = dataclasses.replace(codes, key_dictionary=held, key_pairs=True)
+    keys, values = _plain(codes)  # pre-RoPE: in pair order, as the held atoms
+    if key_space == "pre_rope":  # each pair (k[2i], k[2i+1]) times cos_i + i sin_i, as stored (fp16)
+        cos, sin = (x.double()[:, None] for x in codes.key_rope)
+        turned = torch.view_as_complex(keys.unflatten(-1, (-1, 2)).contiguous()) * torch.complex(cos, sin)
+        keys = torch.view_as_real(turned).flatten(-2)
+    for part, expected in ((True, keys), (False, values)):
+        tiles = list(reference.dense_tiles(codes, keys=part, repeat=repeat))
+        assert [start for start, _ in tiles] == [0, 48, 96]
+        got = torch.cat([tile for _, tile in tiles], dim=2)
+        assert got.shape == (b, hkv * repeat, t, m) and got.is_contiguous()
+        torch.testing.assert_close(got.double(), expected.repeat_interleave(repeat, dim=1), rtol=1e-5, atol=1e-4)
+        monkeypatch.setenv(native.ENV_SWITCH, "0")
+        slow = torch.cat([tile for _, tile in reference.dense_tiles(codes, keys=part, repeat=repeat)], dim=2)
+        monkeypatch.delenv(native.ENV_SWITCH)
+        torch.testing.assert_close(got, slow, rtol=1e-5, atol=1e-5)
+
+
+def test_chunk_path_with_and_without_the_kernels_agree(monkeypatch):
+    from lexico_chat.attention.chunked import chunk_attention
+    from tests.test_chunked_attention import CASES, _inputs
+
+    query, key, value, codes = _inputs(*CASES[0], "pre_rope_pairs", 12, torch.float8_e4m3fn)
+    fast = chunk_attention(query, key, value, codes, None, scaling=0.125)
+    monkeypatch.setenv(native.ENV_SWITCH, "0")
+    slow = chunk_attention(query, key, value, codes, None, scaling=0.125)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)

@@ -11,7 +11,8 @@ and the log-sum-exp of its scores; with L = logaddexp of every segment's Lᵢ,
     out = Σᵢ exp(Lᵢ − L) · outᵢ
 
 is exactly the softmax over all keys. Working memory stays one tile: rebuilt keys and values of ≤ TILE_TOKENS
-tokens, expanded to every query head (the fused kernel takes as many KV heads as query heads). Pre-RoPE keys
+tokens, one copy per query head (the fused kernel takes as many KV heads as query heads; ``native.rebuild``
+writes them so directly). Pre-RoPE keys
 are rebuilt in rotation-pair order and rotated as the reference does; the query and the buffer keys are put in
 the same order (dot products do not change). A masked key gets the reference's bias (fp32 min, finite), so a
 segment whose keys are all masked for a query has Lᵢ ≈ fp32 min and weight 0 in the merge.
@@ -25,14 +26,7 @@ from __future__ import annotations
 import torch
 
 from lexico_chat.attention.codes import CompressedKV
-from lexico_chat.attention.reference import (
-    VALUES_SPARSE_MAX_ROWS,
-    attention_bias,
-    code_tiles,
-    rebuild_tile,
-    rebuilt_keys,
-    tile_atoms,
-)
+from lexico_chat.attention.reference import VALUES_SPARSE_MAX_ROWS, attention_bias, dense_tiles, repeat_heads
 from lexico_chat.rope import pair_order
 
 __all__ = ["chunk_attention", "chunk_eligible"]
@@ -98,27 +92,17 @@ def chunk_attention(
 
     def attend(keys: torch.Tensor, values: torch.Tensor, start: int, stop: int) -> None:
         mask = None if bias is None else bias[..., start:stop]
-        out, lse = _flash(q32, _per_head(keys, groups), _per_head(values, groups), attn_mask=mask, scale=scaling)
+        out, lse = _flash(q32, keys, values, attn_mask=mask, scale=scaling)
         outs.append(out)
         lses.append(lse)
 
-    key_atoms, value_atoms = tile_atoms(compressed, keys=True), tile_atoms(compressed, keys=False)
-    key_tiles = code_tiles(compressed.key_indices, compressed.key_coefs, compressed.index_bits)
-    value_tiles = code_tiles(compressed.value_indices, compressed.value_coefs, compressed.index_bits)
-    for (start, k_idx, k_coef), (_, v_idx, v_coef) in zip(key_tiles, value_tiles):
-        keys = rebuilt_keys(compressed, start, k_idx, k_coef, key_atoms)
-        attend(keys, rebuild_tile(v_idx, v_coef, value_atoms), start, start + k_idx.shape[2])
+    key_tiles = dense_tiles(compressed, keys=True, repeat=groups)  # already one copy per query head
+    value_tiles = dense_tiles(compressed, keys=False, repeat=groups)
+    for (start, keys), (_, values) in zip(key_tiles, value_tiles):
+        attend(keys, values, start, start + keys.shape[2])
     if key.shape[2]:
-        attend(k32, value.to(torch.float32), n_comp, total)
+        attend(repeat_heads(k32, groups), repeat_heads(value.to(torch.float32), groups), n_comp, total)
     return _merge(outs, lses).transpose(1, 2).to(query.dtype).contiguous()
-
-
-def _per_head(x: torch.Tensor, groups: int) -> torch.Tensor:
-    # (b, kv_heads, t, m) -> (b, kv_heads * groups, t, m): KV head j serves query heads j*groups .. j*groups+groups-1
-    if groups == 1:
-        return x
-    b, hkv, t, m = x.shape
-    return x.unsqueeze(2).expand(b, hkv, groups, t, m).reshape(b, hkv * groups, t, m)
 
 
 def _merge(outs: list[torch.Tensor], lses: list[torch.Tensor]) -> torch.Tensor:

@@ -54,9 +54,11 @@ from lexico_chat.rope import pair_order, rotate_pairs_
 __all__ = [
     "attention_bias",
     "code_tiles",
+    "dense_tiles",
     "rebuild_tile",
     "rebuilt_keys",
     "reference_attention",
+    "repeat_heads",
     "tile_atoms",
     "VALUES_SPARSE_MAX_ROWS",
     "TILE_TOKENS",
@@ -267,9 +269,32 @@ def rebuild_tile(indices: torch.Tensor, coefs: torch.Tensor, atoms: torch.Tensor
 
 def _tiled_values(probs: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
     # probs: (b, hkv, G, T) -> (b, hkv, G, m)
-    atoms = tile_atoms(codes, keys=False)  # (N, m); free when the layer stores it so
     out = None
-    for start, indices, coefs in code_tiles(codes.value_indices, codes.value_coefs, codes.index_bits):
-        part = probs[..., start : start + indices.shape[2]] @ rebuild_tile(indices, coefs, atoms)
+    for start, values in dense_tiles(codes, keys=False):
+        part = probs[..., start : start + values.shape[2]] @ values
         out = part if out is None else out + part
     return out
+
+
+def dense_tiles(codes: CompressedKV, *, keys: bool, repeat: int = 1):
+    """(start, tile) for every ``TILE_TOKENS`` compressed tokens: the keys as attention scores them (pre-RoPE keys
+    rotated, in ``rope.pair_order``) or the values, dense, each KV head's repeated ``repeat`` times ->
+    (b, hkv * repeat, t, m) fp32 (``native.rebuild`` on the CPU, else ``rebuilt_keys`` / ``rebuild_tile``)."""
+    atoms = tile_atoms(codes, keys=keys)  # (N, m); free when the layer stores it so
+    if native.usable(atoms, codes):
+        for start in range(0, codes.length, TILE_TOKENS):
+            stop = min(start + TILE_TOKENS, codes.length)
+            yield start, native.rebuild(codes, start, stop, atoms, keys=keys, repeat=repeat)
+        return
+    indices, coefs = (codes.key_indices, codes.key_coefs) if keys else (codes.value_indices, codes.value_coefs)
+    for start, idx, coef in code_tiles(indices, coefs, codes.index_bits):
+        tile = rebuilt_keys(codes, start, idx, coef, atoms) if keys else rebuild_tile(idx, coef, atoms)
+        yield start, repeat_heads(tile, repeat)
+
+
+def repeat_heads(x: torch.Tensor, repeat: int) -> torch.Tensor:
+    """(b, kv_heads, t, m) -> (b, kv_heads * repeat, t, m): KV head j serves heads j*repeat .. j*repeat+repeat-1."""
+    if repeat == 1:
+        return x
+    b, hkv, t, m = x.shape
+    return x.unsqueeze(2).expand(b, hkv, repeat, t, m).reshape(b, hkv * repeat, t, m)
