@@ -71,13 +71,14 @@ def add_dictionary_options(parser: argparse.ArgumentParser, *, defaults: bool = 
 
 
 def add_layer_budget_option(parser: argparse.ArgumentParser, *, defaults: bool = True) -> None:
-    """--layer-budget uniform|profile (``defaults`` as in ``add_dictionary_options``)."""
+    """--layer-budget auto|uniform|profile (``defaults`` as in ``add_dictionary_options``)."""
     parser.add_argument(
         "--layer-budget",
         choices=LAYER_BUDGETS,
         default=DEFAULTS.layer_budget if defaults else None,
         help="'profile': spend the bytes of --sparsity unevenly over the layers, by the dictionary's measured "
-        f"sensitivity (lower perplexity at the same bytes; see the README); default {DEFAULTS.layer_budget}",
+        "sensitivity (lower perplexity at the same bytes; see the README); 'uniform': the same s in every layer; "
+        f"'auto': profile where the dictionary has one; default {DEFAULTS.layer_budget}",
     )
 
 

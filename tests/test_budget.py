@@ -133,15 +133,25 @@ def test_chunked_prefill_equals_token_by_token_with_a_profile(tiny_model):
     torch.testing.assert_close(whole, steps, rtol=1e-4, atol=1e-4)
 
 
-def test_uniform_is_the_default_and_ignores_a_profile(tiny_model):
+def test_auto_is_the_default_profile_where_the_dictionary_has_one(tiny_model):
     model = tiny_model("llama")
-    profiled = _profiled(model)
+    profiled, plain = _profiled(model), random_dictionary(model, atoms=64, key_space="pre_rope")
+    layers = profiled.meta.num_layers
     config = CacheConfig(sparsity=4, atoms=64)
-    assert config.layer_budget == "uniform"
-    assert sparsity_plan(config, profiled.meta) == [(4, 4)] * profiled.meta.num_layers
-    split = config.replace(key_sparsity=5, value_sparsity=3)
-    assert sparsity_plan(split, profiled.meta) == [(5, 3)] * profiled.meta.num_layers
-    assert len(set(sparsity_plan(config.replace(layer_budget="profile"), profiled.meta))) > 1
+    assert config.layer_budget == "auto"
+    assert config.profiled(profiled.meta) and not config.profiled(plain.meta)
+    assert sparsity_plan(config, profiled.meta) == sparsity_plan(config.replace(layer_budget="profile"), profiled.meta)
+    assert len(set(sparsity_plan(config, profiled.meta))) > 1
+    assert sparsity_plan(config, plain.meta) == [(4, 4)] * layers  # no profile: uniform, and no error
+    LexicoCache.from_model(model, plain, config)
+    split = config.replace(key_sparsity=5, value_sparsity=3)  # keys and values apart: uniform
+    assert not split.profiled(profiled.meta) and sparsity_plan(split, profiled.meta) == [(5, 3)] * layers
+    uniform = config.replace(layer_budget="uniform")
+    assert sparsity_plan(uniform, profiled.meta) == [(4, 4)] * layers
+    assert config.resolved(profiled.meta).layer_budget == "profile"
+    assert config.resolved(plain.meta).layer_budget == "uniform" and uniform.resolved(profiled.meta) is uniform
+    assert config.sparsity_label(profiled.meta) == "4 per layer" and config.sparsity_label(plain.meta) == "4"
+    assert config.sparsity_label() == "4" and config.replace(layer_budget="profile").sparsity_label() == "4 per layer"
 
 
 def test_a_profiled_plan_keeps_half_the_atoms_in_every_layer(tiny_model):

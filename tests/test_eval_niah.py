@@ -218,7 +218,7 @@ def test_layer_budget_flag_reaches_the_lexico_sessions_and_labels():
     assert _methods(settings)[1:3] == [("lexico", "s=4 per layer"), ("lexico", "s=8 per layer")]
     assert _methods(settings)[-1] == ("eviction", "as lexico s=8 per layer")
     argv = argv[:-2]
-    assert _settings(build_parser(argv).parse_args(argv)).caches.cache.layer_budget == "uniform"
+    assert _settings(build_parser(argv).parse_args(argv)).caches.cache.layer_budget == "auto"
 
 
 def test_settings_reject_bad_depths_and_needles():

@@ -36,6 +36,6 @@ def session_stats(session) -> SessionStats:
         device=session.loaded.device_label,
         cache=options.cache.kind,
         sparsity=options.cache.sparsity if lexico else None,
-        sparsity_label=options.cache.sparsity_label() if lexico else None,
+        sparsity_label=options.cache.sparsity_label(session.dictionary.meta) if lexico else None,
         atoms=session.dictionary.meta.atoms if lexico else None,
     )

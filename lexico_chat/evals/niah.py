@@ -325,7 +325,9 @@ def run(args: argparse.Namespace) -> int:
     settings, prompt = _fit_to_model(settings, loaded, explicit=args.lengths is not None)
     dictionary = find_dictionary(loaded.model_id, loaded.dims, args.atoms, args.dictionary)
     sparsities = check_sparsities(settings.caches.sparsities, dictionary, drop_invalid=args.sparsity is None)
-    settings = dataclasses.replace(settings, caches=dataclasses.replace(settings.caches, sparsities=tuple(sparsities)))
+    cache = settings.caches.cache.resolved(dictionary.meta)  # "auto" made concrete: the rows say which budget ran
+    caches = dataclasses.replace(settings.caches, sparsities=tuple(sparsities), cache=cache)
+    settings = dataclasses.replace(settings, caches=caches)
     trials, methods = len(settings.trials()), len(settings.methods())
     estimate = duration(estimate_seconds(settings, prompt))
     print(f"niah: {trials} trials x {methods} caches, ~{estimate} on 2 CPU cores", file=sys.stderr)
