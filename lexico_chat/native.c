@@ -2,7 +2,7 @@
  *
  * Built at first use by native.py with the system C compiler (-O3 -march=native -fopenmp) and loaded with
  * ctypes; its OpenMP calls run on the libgomp torch has already loaded (same soname), so they share torch's
- * threads and obey torch.set_num_threads.
+ * threads; every kernel takes its thread count (torch.get_num_threads() of the caller) as its last argument.
  *
  * Codes as a LexicoLayer stores them: indices packed 12 bits each (two in three bytes) or int16; coefficients
  * float8_e4m3fn, float16, bfloat16 or float32. Every code array is addressed by byte strides over
@@ -177,10 +177,10 @@ void lexico_rope_scores(const float *q, int64_t q_sb, int64_t q_sh,             
                         const float *atoms,                                                     /* (N, m) */
                         const uint8_t *turns, int64_t r_sb, int64_t r_st, int turn_kind,        /* bytes */
                         float *out, int64_t o_sb, int64_t o_sh, int64_t o_sg,                   /* (B, H, G, T) */
-                        int B, int H, int G, int T, int s, int m) {
+                        int B, int H, int G, int T, int s, int m, int threads) {
     const int blocks = (T + TOKEN_BLOCK - 1) / TOKEN_BLOCK;
     const int64_t tasks = (int64_t)B * H * blocks;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t task = 0; task < tasks; task++) {
         const int block = (int)(task % blocks), h = (int)(task / blocks % H), b = (int)(task / blocks / H);
         const int start = block * TOKEN_BLOCK, stop = start + TOKEN_BLOCK < T ? start + TOKEN_BLOCK : T;
@@ -196,10 +196,10 @@ void lexico_rope_scores(const float *q, int64_t q_sb, int64_t q_sh,             
 void lexico_rebuild(const uint8_t *idx, int64_t i_sb, int64_t i_sh, int64_t i_st, int index_bits,
                     const uint8_t *coef, int64_t c_sb, int64_t c_sh, int64_t c_st, int coef_kind,
                     const float *atoms, const uint8_t *turns, int64_t r_sb, int64_t r_st, int turn_kind,
-                    float *out, int repeat, int B, int H, int T, int s, int m) {
+                    float *out, int repeat, int B, int H, int T, int s, int m, int threads) {
     const int blocks = (T + TOKEN_BLOCK - 1) / TOKEN_BLOCK;
     const int64_t tasks = (int64_t)B * H * blocks, head = (int64_t)T * m;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t task = 0; task < tasks; task++) {
         const int block = (int)(task % blocks), h = (int)(task / blocks % H), b = (int)(task / blocks / H);
         const int start = block * TOKEN_BLOCK, stop = start + TOKEN_BLOCK < T ? start + TOKEN_BLOCK : T;
@@ -214,9 +214,9 @@ void lexico_value_weights(const float *probs, int64_t p_sb, int64_t p_sh, int64_
                           const uint8_t *idx, int64_t i_sb, int64_t i_sh, int64_t i_st, int index_bits,
                           const uint8_t *coef, int64_t c_sb, int64_t c_sh, int64_t c_st, int coef_kind,
                           float *w, /* (B, H, G, N) contiguous */
-                          int B, int H, int G, int T, int s, int N) {
+                          int B, int H, int G, int T, int s, int N, int threads) {
     const int64_t tasks = (int64_t)B * H;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t task = 0; task < tasks; task++) {
         const int h = (int)(task % H), b = (int)(task / H);
         const float *p = probs + b * p_sb + h * p_sh;
@@ -262,9 +262,9 @@ static inline float magnitude_at(const void *row, int64_t n, int bf16) {
     return f;
 }
 
-void lexico_select_atoms(void *c, int64_t ldc, int bf16, int64_t *idx, int64_t ldi, int k, int b, int N) {
+void lexico_select_atoms(void *c, int64_t ldc, int bf16, int64_t *idx, int64_t ldi, int k, int b, int N, int threads) {
     const int lanes = N / 8;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(threads)
     for (int r = 0; r < b; r++) {
         void *row = bf16 ? (void *)((uint16_t *)c + (int64_t)r * ldc) : (void *)((float *)c + (int64_t)r * ldc);
         int64_t *chosen = idx + (int64_t)r * ldi;

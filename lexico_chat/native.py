@@ -20,7 +20,7 @@ The library is compiled with the system C compiler (``$CC``, else ``cc``) with `
 -fopenmp`` into ``user_cache_folder()/native/``, named by a hash of the source, the flags and the CPU, and
 written atomically (a temporary file, then a rename). It links the libgomp torch has already loaded, so
 its threads are torch's (``torch.set_num_threads`` holds). Without a compiler, or with ``LEXICO_NATIVE=0``,
-``available()`` is False and attention takes its PyTorch path; the reason is logged once.
+``available()`` is False and the PyTorch code runs; the reason is logged once (level INFO).
 """
 
 from __future__ import annotations
@@ -68,11 +68,11 @@ _i64, _int, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
 _CODES = [_ptr, _i64, _i64, _i64, _int, _ptr, _i64, _i64, _i64, _int]  # indices and coefficients, byte strides
 _SIGNATURES = {
     "lexico_rope_scores": [_ptr, _i64, _i64, *_CODES, _ptr, _ptr, _i64, _i64, _int, _ptr, _i64, _i64, _i64]
-    + [_int] * 6,
-    "lexico_value_weights": [_ptr, _i64, _i64, _i64, *_CODES, _ptr] + [_int] * 6,
-    "lexico_rebuild": [*_CODES, _ptr, _ptr, _i64, _i64, _int, _ptr] + [_int] * 6,
-    "lexico_select_atoms": [_ptr, _i64, _int, _ptr, _i64, _int, _int, _int],
-}
+    + [_int] * 7,
+    "lexico_value_weights": [_ptr, _i64, _i64, _i64, *_CODES, _ptr] + [_int] * 7,
+    "lexico_rebuild": [*_CODES, _ptr, _ptr, _i64, _i64, _int, _ptr] + [_int] * 7,
+    "lexico_select_atoms": [_ptr, _i64, _int, _ptr, _i64, _int, _int, _int, _int],
+}  # every kernel ends with its thread count
 
 
 def _cpu_tag() -> str:
@@ -115,7 +115,9 @@ def library() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as error:
         detail = getattr(error, "stderr", None) or error
-        logger.warning("native CPU kernels off (%s); the PyTorch path runs instead", str(detail).strip()[:500])
+        # info, not warning: a warning would print on stderr mid-session (over the TUI) on every machine whose
+        # compiler cannot build it (e.g. Apple clang without OpenMP); the PyTorch path gives the same results
+        logger.info("native CPU kernels off (%s); the PyTorch path runs instead", str(detail).strip()[:500])
         return None
     for name, argtypes in _SIGNATURES.items():
         function = getattr(lib, name)
@@ -209,6 +211,7 @@ def rope_scores(flat: torch.Tensor, codes: CompressedKV, atoms: torch.Tensor) ->
         t,
         s,
         m,
+        torch.get_num_threads(),
     )
     return out
 
@@ -244,7 +247,20 @@ def rebuild(
     else:
         turns, turn_ptr, turn_sb, turn_st, kind = None, None, 0, 0, 0
     library().lexico_rebuild(
-        *code_args, atoms.data_ptr(), turn_ptr, turn_sb, turn_st, kind, out.data_ptr(), repeat, b, hkv, t, s, m
+        *code_args,
+        atoms.data_ptr(),
+        turn_ptr,
+        turn_sb,
+        turn_st,
+        kind,
+        out.data_ptr(),
+        repeat,
+        b,
+        hkv,
+        t,
+        s,
+        m,
+        torch.get_num_threads(),
     )
     return out
 
@@ -280,6 +296,7 @@ def value_weights(probs: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
         t,
         codes.value_coefs.shape[-1],
         n_atoms,
+        torch.get_num_threads(),
     )
     return weights
 
@@ -309,5 +326,13 @@ def select_atoms(corr: torch.Tensor, idx: torch.Tensor, k: int) -> None:
         raise ValueError("select_atoms needs (b, s) int64 indices with unit column stride")
     bf16 = int(corr.dtype == torch.bfloat16)
     library().lexico_select_atoms(
-        corr.data_ptr(), corr.stride(0), bf16, idx.data_ptr(), idx.stride(0), k, corr.shape[0], corr.shape[1]
+        corr.data_ptr(),
+        corr.stride(0),
+        bf16,
+        idx.data_ptr(),
+        idx.stride(0),
+        k,
+        corr.shape[0],
+        corr.shape[1],
+        torch.get_num_threads(),
     )

@@ -192,7 +192,7 @@ def test_a_failing_build_leaves_no_file_and_falls_back(tmp_path, monkeypatch, ca
     monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
     native.library.cache_clear()
     try:
-        with caplog.at_level(logging.WARNING, logger=native.__name__):
+        with caplog.at_level(logging.INFO, logger=native.__name__):
             assert native.library() is None
         assert "native CPU kernels off" in caplog.text
         assert list((tmp_path / "native").iterdir()) == []
@@ -289,3 +289,22 @@ def test_chunk_path_with_and_without_the_kernels_agree(monkeypatch):
     monkeypatch.setenv(native.ENV_SWITCH, "0")
     slow = chunk_attention(query, key, value, codes, None, scaling=0.125)
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+
+
+def test_kernels_give_the_same_results_from_a_worker_thread():
+    """The server generates in a worker thread, where OpenMP's default thread count applies; the kernels are
+    given torch's count instead, and their tasks do not depend on it."""
+    import threading
+
+    gen = torch.Generator().manual_seed(8)
+    codes = _with_rotation(
+        _stored(1, 3, 700, 8, 64, 256, 12, torch.float8_e4m3fn, gen),
+        torch.rand(1, 700, 32, dtype=torch.float64),
+        "table",
+    )
+    query, atoms = torch.randn(1, 3, 3, 64, generator=gen), reference.tile_atoms(codes, keys=True)
+    expected, got = native.rope_scores(query, codes, atoms), []
+    worker = threading.Thread(target=lambda: got.append(native.rope_scores(query, codes, atoms)))
+    worker.start()
+    worker.join()
+    assert torch.equal(got[0], expected)
