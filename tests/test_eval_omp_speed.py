@@ -3,6 +3,7 @@
 import json
 import math
 
+from lexico_chat import native
 from lexico_chat.cli import main
 from lexico_chat.evals.omp_speed import SHAPES
 
@@ -10,7 +11,7 @@ from lexico_chat.evals.omp_speed import SHAPES
 def test_reports_every_shape_including_the_default_cache(capsys):
     assert main(["eval", "omp-speed", "--vectors", "8", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["device"].startswith("cpu (")
+    assert out["device"].startswith("cpu (") and out["native_selection"] == native.available()
     assert [(r["m"], r["N"], r["s"]) for r in out["results"]] == list(SHAPES)
     assert (64, 1024, 8) in SHAPES and (64, 4096, 8) in SHAPES
     for row in out["results"]:

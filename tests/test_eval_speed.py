@@ -6,7 +6,7 @@ import types
 import pytest
 import torch
 
-from lexico_chat import timing
+from lexico_chat import native, timing
 from lexico_chat.evals.harness import attention_restored
 from lexico_chat.evals.speed import context_ids, interleaved_decode, interleaved_prefill, speed_eval
 from tests.conftest import identity_dictionary
@@ -78,6 +78,7 @@ def test_speed_eval_reports_both_caches(tiny_model):
     model = tiny_model("llama")
     with attention_restored(model):  # 200 tokens > buffer + window: Lexico compresses
         result = speed_eval(model, identity_dictionary(model), 200, decode_tokens=2)
-    assert set(result) == {"context", "full_decode_ms", "lexico_decode_ms", "full_prefill_tps", "lexico_prefill_tps"}
-    assert result["context"] == 200
-    assert all(result[key] > 0 for key in result)
+    timings = {"full_decode_ms", "lexico_decode_ms", "full_prefill_tps", "lexico_prefill_tps"}
+    assert set(result) == {"context", "native", *timings}
+    assert result["context"] == 200 and result["native"] == native.available()
+    assert all(result[key] > 0 for key in timings)

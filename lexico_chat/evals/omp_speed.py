@@ -6,6 +6,7 @@ import argparse
 
 import torch
 
+from lexico_chat import native
 from lexico_chat.omp import fastest_select_dtype, omp
 from lexico_chat.output import emit
 from lexico_chat.timing import timed
@@ -52,7 +53,13 @@ def omp_speed(device: str = "cpu", vectors: int = 32768, shapes=SHAPES) -> dict:
         if str(device).startswith("cuda")
         else f"cpu ({torch.get_num_threads()} threads)"
     )
-    return {"device": name, "select_dtype": str(chosen).removeprefix("torch."), "results": results}
+    native_selection = str(device) == "cpu" and native.available()  # the one-pass selection of lexico_chat.native
+    return {
+        "device": name,
+        "select_dtype": str(chosen).removeprefix("torch."),
+        "native_selection": native_selection,
+        "results": results,
+    }
 
 
 def run(args: argparse.Namespace) -> int:

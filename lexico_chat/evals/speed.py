@@ -72,13 +72,15 @@ def speed_eval(
     decode_tokens: int = 64,
     chunk_size: int = DEFAULT_PREFILL_CHUNK,
 ) -> dict:
-    """``{"context", "full_decode_ms", "lexico_decode_ms", "full_prefill_tps", "lexico_prefill_tps"}`` for a
-    LexicoCache of ``config`` (default settings when None).
+    """``{"context", "full_decode_ms", "lexico_decode_ms", "full_prefill_tps", "lexico_prefill_tps", "native"}``
+    for a LexicoCache of ``config`` (default settings when None); ``native``: whether the native CPU kernels ran
+    (``lexico_chat.native``; False on CUDA and with ``LEXICO_NATIVE=0``).
 
     The full (DynamicCache) and Lexico runs alternate chunk by chunk and step by step.
     """
     from transformers import DynamicCache
 
+    from lexico_chat import native
     from lexico_chat.cache import LexicoCache
 
     device = next(model.parameters()).device
@@ -101,6 +103,7 @@ def speed_eval(
         "lexico_decode_ms": lexico_ms,
         "full_prefill_tps": context / seconds[0],
         "lexico_prefill_tps": context / seconds[1],
+        "native": device.type == "cpu" and native.available(),
     }
 
 
