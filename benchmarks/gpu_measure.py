@@ -18,5 +18,5 @@ def nan_if_none(value: float | None) -> float:
     return float("nan") if value is None else value
 
 
-def verdict(passed: bool) -> str:
-    return "triton vs pytorch: " + ("PASS" if passed else "FAIL")
+def verdict(passed: bool, what: str = "triton vs pytorch") -> str:
+    return f"{what}: " + ("PASS" if passed else "FAIL")

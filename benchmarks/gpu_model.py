@@ -1,8 +1,10 @@
 """Model-level measurements behind ``benchmarks/gpu_bench.py``: decode ms/token and prefill tokens/s.
 
 A Llama-3.2-3B-shaped model with random bf16 weights (built on the device, nothing downloaded). Decode:
-DynamicCache + SDPA vs LexicoCache through the PyTorch path and through the Triton path, both caches
-filled directly with random states / random codes (no prefill), then ``steps`` greedy steps timed
+SDPA over a preallocated ``StaticCache`` (the fair full-cache baseline) and over a ``DynamicCache``, vs
+LexicoCache through the PyTorch path and through the Triton path, every cache filled directly with random
+states / random codes (no prefill; the static and dynamic caches with the same states, checked to give the
+same first logits), then ``steps`` greedy steps timed
 (compressions of the buffer happen meanwhile, as in real decoding). Prefill: real prefill-and-compress
 of a shorter context, timed end to end. The library dispatches OMP and decode attention to the Triton
 kernels by itself on CUDA, so the Triton rows just run the model; the PyTorch rows run it inside
@@ -41,8 +43,8 @@ def model_rows(run, device: torch.device, contexts: list[int], triton_ok: bool, 
     model = _model(device, smoke)
     setup = dict(model=model, buffer=16 if smoke else BUFFER, steps=steps)
     setup["dictionary"] = _dictionary(model.config, 64 if smoke else ATOMS, device)
-    variants = [("sdpa full cache", contextlib.nullcontext), ("lexico pytorch", pytorch_path)]
-    variants += [("lexico triton", contextlib.nullcontext)] * triton_ok
+    variants = [("sdpa static cache", contextlib.nullcontext), ("sdpa full cache", contextlib.nullcontext)]
+    variants += [("lexico pytorch", pytorch_path)] + [("lexico triton", contextlib.nullcontext)] * triton_ok
     limit = model.config.max_position_embeddings - steps - 8
     for ctx in [min(c, limit) for c in contexts]:
         if not run.fits(8 + ctx / 8192, f"decode at {ctx}"):
@@ -50,10 +52,13 @@ def model_rows(run, device: torch.device, contexts: list[int], triton_ok: bool, 
         logits = {}
         for name, path in variants:
             logits[name] = run.attempt(f"decode {name} at {ctx}", _decode_row, run, setup, ctx, name, path)
-        if len([v for v in logits.values() if v is not None]) == 3:  # same random cache: same first-step logits
-            err = relative_error(logits[variants[2][0]], logits["lexico pytorch"])
-            run.row("check", f"decode logits {ctx}", verdict(err < LOGITS_TOLERANCE), err, "rel.err")
-            run.failed |= err >= LOGITS_TOLERANCE
+        pairs = [("sdpa static cache", "sdpa full cache"), ("lexico triton", "lexico pytorch")]
+        for a, b in pairs:  # the same random states / codes: the same first-step logits
+            if logits.get(a) is not None and logits.get(b) is not None:
+                err = relative_error(logits[a], logits[b])
+                ok = verdict(err < LOGITS_TOLERANCE, f"{a} vs {b}")
+                run.row("check", f"decode logits {ctx}", ok, err, "rel.err")
+                run.failed |= err >= LOGITS_TOLERANCE
     tokens = 300 if smoke else PREFILL_TOKENS
     if run.fits(20, "prefill rows"):
         ids = torch.randint(0, model.config.vocab_size, (1, tokens), device=device)
@@ -66,7 +71,9 @@ def _decode_row(run, setup: dict, ctx: int, name: str, path) -> torch.Tensor:
     model, device = setup["model"], setup["model"].device
     _reset_peak(device)
     torch.manual_seed(ctx)
-    if name.startswith("sdpa"):
+    if name == "sdpa static cache":
+        cache = _fill_static(model, ctx, room=setup["steps"] + 8)
+    elif name.startswith("sdpa"):
         cache = _fill_dynamic(model, ctx)
     else:
         cache = _fill_lexico(model, setup["dictionary"], ctx, setup["buffer"])
@@ -123,6 +130,18 @@ def _fill_dynamic(model, ctx: int):
     return cache
 
 
+def _fill_static(model, ctx: int, room: int):
+    """A preallocated ``StaticCache`` of ``ctx + room`` tokens holding the states ``_fill_dynamic`` gives (same
+    seed)."""
+    from transformers import StaticCache
+
+    dynamic = _fill_dynamic(model, ctx)
+    cache = StaticCache(config=model.config, max_cache_len=ctx + room)
+    for i, layer in enumerate(dynamic.layers if ctx else ()):
+        cache.update(layer.keys, layer.values, i)
+    return cache
+
+
 def _fill_lexico(model, dictionary, ctx: int, buffer: int):
     """A LexicoCache holding ``ctx`` tokens (0: empty): random codes, then ``buffer - 1`` random states, so that
     the first decode step compresses nothing (its logits compare attention paths alone)."""
@@ -168,8 +187,12 @@ def _prefill_seconds(setup: dict, ids: torch.Tensor, name: str) -> float:
     from lexico_chat.engine.prefill import prefill
 
     model = setup["model"]
-    dense = name.startswith("sdpa")
-    cache = _fill_dynamic(model, 0) if dense else _fill_lexico(model, setup["dictionary"], 0, setup["buffer"])
+    if name == "sdpa static cache":
+        cache = _fill_static(model, 0, room=ids.shape[1])
+    elif name.startswith("sdpa"):
+        cache = _fill_dynamic(model, 0)
+    else:
+        cache = _fill_lexico(model, setup["dictionary"], 0, setup["buffer"])
     sync(ids.device)
     start = time.perf_counter()
     prefill(model, ids, cache, chunk_size=512)
@@ -181,7 +204,12 @@ def _cache_bytes(cache) -> int:
     if hasattr(cache, "memory"):
         mem = cache.memory()
         return mem.kv_bytes
-    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    return sum(
+        t.numel() * t.element_size()
+        for layer in cache.layers
+        if layer.is_initialized
+        for t in (layer.keys, layer.values)
+    )
 
 
 def _nvml_used_gib(device: torch.device) -> float | None:
