@@ -2,7 +2,7 @@
 
 * ``codes``: ``CompressedKV`` (what attention reads of a layer), ``coefs_to_float``, 12-bit index packing,
   ``LAYER_TAG``.
-* ``reference``: the PyTorch path (the reference and the CPU fallback; two leaves run in ``lexico_chat.native``
+* ``reference``: the PyTorch path (the reference and the CPU fallback; three pieces run in ``lexico_chat.native``
   on the CPU), ``attention_bias``.
 * ``triton_decode`` / ``triton_parts``: the fused Triton decode kernels (optional, CUDA).
 * ``dispatch``: ``compressed_attention``, which picks between the two with one predicate.

@@ -1,5 +1,6 @@
 """``compressed_attention``: the fused Triton decode kernels where they apply, the CPU chunk path for many
-queries (``chunked``: flash attention per tile), else the PyTorch reference.
+queries (``chunked``: flash attention per tile), else the PyTorch reference (whose hot pieces run in the native
+CPU kernels of ``lexico_chat.native`` where it can build them: CPU decode goes there).
 
 One predicate per path decides. ``decode_eligible`` reads ``lexico_chat.accel.triton_enabled`` (CUDA, Triton
 importable, not switched off by ``LEXICO_TRITON=0``) and the shapes the kernels handle: one query token,

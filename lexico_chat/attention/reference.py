@@ -37,10 +37,11 @@ Tiles of 4,096 tokens (3 MB of rebuilt fp32 keys for 3 KV heads of 64) make fewe
 (window compression included) 220 ms against 245.
 All arithmetic is fp32; the output is cast to the query dtype.
 
-On the CPU two leaves run in ``native`` (C, built at first use) where it applies: the pre-RoPE key scores
-(rebuild, rotate and dot per key, no tile written) and the value weights in atom space (plain loops instead
-of ``scatter_add_``). ``LEXICO_NATIVE=0``, or a machine without a C compiler, gives the PyTorch code below;
-tests compare both with dense float64 references.
+On the CPU three pieces run in ``lexico_chat.native`` (C, built at first use) where they apply: the pre-RoPE
+key scores (rebuild, rotate and dot per key, no tile written), the value weights in atom space (plain loops
+instead of ``scatter_add_``) and the dense tiles of ``dense_tiles`` (rebuilt straight into the per-head layout).
+``LEXICO_NATIVE=0``, or a machine without a C compiler, gives the PyTorch code below; tests compare both with
+dense float64 references.
 """
 
 from __future__ import annotations
