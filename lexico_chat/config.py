@@ -31,11 +31,7 @@ COEF_DTYPES = ("float8_e4m3fn", "float16", "float32")  # coefficient storage
 SELECT_DTYPES = ("auto", "bfloat16", "float16", "float32")  # OMP's atom-selection GEMM ("auto": per device)
 BUFFER_DTYPES = ("auto", "float16", "bfloat16", "float32")  # full-precision buffer ("auto": see buffer_dtype)
 MAX_ATOMS = 32767  # indices are stored as int16
-LAYER_BUDGETS = (
-    "auto",
-    "uniform",
-    "profile",
-)  # profile where the dictionary has one; the same s everywhere; s per layer
+LAYER_BUDGETS = ("auto", "uniform", "profile")  # profile where the dictionary has one, else uniform; or either
 KEY_SPACES = ("post_rope", "pre_rope")  # where dictionaries code keys: after RoPE (the paper) or before it
 DEFAULT_KEY_SPACE = "pre_rope"  # a third less error at the same sparsity (DESIGN.md); trainer and CLI read it
 

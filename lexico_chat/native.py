@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from lexico_chat.paths import user_cache_folder
+from lexico_chat.rope import side_by_side
 
 if TYPE_CHECKING:
     from lexico_chat.attention.codes import CompressedKV
@@ -132,8 +133,9 @@ def available() -> bool:
 
 
 def usable(tensor: torch.Tensor, codes: CompressedKV) -> bool:
-    """Whether ``rope_scores`` / ``value_weights`` take these inputs: CPU, supported code dtypes, head_dim a
-    multiple of 8 and it and s within ``MAX_DIM``, the library available."""
+    """Whether ``rope_scores``, ``value_weights`` and ``rebuild`` take these codes (``tensor``: any tensor of the
+    call, for its device): CPU, supported code dtypes, head_dim a multiple of 8 and it and s within ``MAX_DIM``,
+    the library available."""
     return (
         tensor.device.type == "cpu"
         and codes.key_coefs.dtype in _CODE_KINDS
@@ -160,13 +162,8 @@ def _code_args(indices: torch.Tensor, coefs: torch.Tensor, index_bits: int) -> t
 def _rotation(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
     """(tensor kept alive, its cos pointer, batch and token byte strides) of tokens' (cos, sin), each (b or 1,
     t, m/2), side by side per pair as a ``RopeTable`` holds them (a stacked fp32 copy otherwise)."""
-    side_by_side = (
-        cos.dtype in _CODE_KINDS
-        and sin.stride() == cos.stride()
-        and cos.stride(-1) == 2
-        and sin.data_ptr() == cos.data_ptr() + cos.element_size()
-    )
-    turns = cos if side_by_side else torch.stack([cos.float(), sin.float()], dim=-1).flatten(-2)
+    held = cos.dtype in _CODE_KINDS and side_by_side(cos, sin)
+    turns = cos if held else torch.stack([cos.float(), sin.float()], dim=-1).flatten(-2)
     size = turns.element_size()
     batch_stride = turns.stride(0) * size if turns.shape[0] > 1 else 0
     return turns, turns.data_ptr(), batch_stride, turns.stride(1) * size
@@ -301,15 +298,10 @@ def value_weights(probs: torch.Tensor, codes: CompressedKV) -> torch.Tensor:
     return weights
 
 
-def selects(corr: torch.Tensor) -> bool:
-    """Whether ``select_atoms`` takes these correlations: (b, N) float32 or bfloat16 on the CPU with unit column
-    stride, the library available."""
-    return (
-        corr.device.type == "cpu"
-        and corr.dtype in (torch.float32, torch.bfloat16)
-        and corr.stride(-1) == 1
-        and available()
-    )
+def selects(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``select_atoms`` takes (b, N) correlations of ``dtype`` on ``device`` (rows of unit column stride):
+    float32 or bfloat16 on the CPU, the library available."""
+    return device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and available()
 
 
 def select_atoms(corr: torch.Tensor, idx: torch.Tensor, k: int) -> None:

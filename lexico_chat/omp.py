@@ -164,7 +164,7 @@ def _omp_chunk(
     idx = torch.zeros(b, s, dtype=torch.long, device=y.device)
     floor = (tol * tol) * (y * y).sum(1)  # (b,) squared residual norm at which a vector stops
     r = y.clone()
-    fused = native.selects(y.new_empty(0, 0, dtype=d_sel.dtype))  # CPU: |c|, mask and first argmax in one pass
+    fused = native.selects(y.device, d_sel.dtype)  # CPU: |c|, mask and first argmax in one pass
     held = d_sel.dtype if fused else torch.float32  # the natively selected correlations stay in the GEMM's dtype
     corr = y.new_empty(b, d_sel.shape[1], dtype=held)  # (b, N), one buffer for every step
     if fused:
@@ -206,7 +206,7 @@ def _correlate_and_select(r: torch.Tensor, d_sel: torch.Tensor, corr: torch.Tens
     # the correlations of r (b, m) fp32 into ``corr`` (b, N) in d_sel's dtype, then step k's atoms into idx[:, k]
     # natively. (Blocks of rows kept in L2 between the GEMM and the selection were slower: 256-row blocks coded
     # 59-62k vectors/s in bf16 at (64, 4096, 8), one block 70-71k.)
-    torch.matmul(r.to(d_sel.dtype), d_sel, out=corr)
+    _correlate(r, d_sel, corr)
     native.select_atoms(corr, idx, k)
 
 
