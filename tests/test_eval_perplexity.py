@@ -55,7 +55,11 @@ def test_lossless_lexico_ppl_equals_full(tiny_model, arch):
 def test_lossy_dictionary_reports_its_cost(tiny_model):
     model = tiny_model("llama")
     result = perplexity_eval(
-        model, _ids(200), random_dictionary(model), config=CacheConfig(sparsity=4, buffer=16, window=8), chunk_size=64
+        model,
+        _ids(200),
+        random_dictionary(model),
+        config=CacheConfig(sparsity=4, buffer=16, window=8, code_length="fixed"),
+        chunk_size=64,
     )
     assert result["lexico_ppl"] != pytest.approx(result["full_ppl"], abs=1e-3)
     # 4 layers x 2 (K, V) x 2 KV heads: 176 compressed tokens (whole windows of 8 more than 16 behind the last
@@ -102,3 +106,19 @@ def test_cli_on_default_model_lossless(default_model, tmp_path, capsys, monkeypa
     assert result["tokens"] == 300
     # fp8 coefficients (the CLI default) on the identity basis: close, not equal
     assert result["lexico_ppl"] == pytest.approx(result["full_ppl"], rel=0.05)
+
+
+def test_cli_skip_reads_a_later_span(default_model, tmp_path, capsys, monkeypatch):
+    from lexico_chat import cli
+
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(f"Line {i} says the river is {i % 7} miles wide." for i in range(60)))
+    monkeypatch.setattr("lexico_chat.models.load_model", lambda *a, **k: default_model)
+    argv = ["eval", "perplexity", "--text", str(text), "--max-tokens", "64", "--sparsity", "4", "--json"]
+    assert cli.main([*argv, "--skip", "100"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    ids = default_model.tokenizer(text.read_text(), return_tensors="pt")["input_ids"][:, 100:164]
+    assert result["tokens"] == 64
+    assert result["full_ppl"] == pytest.approx(_independent_ppl(default_model.model, ids)[0], rel=1e-4)
+    assert cli.main([*argv, "--skip", "100000"]) == 2
+    assert "--skip" in capsys.readouterr().err

@@ -106,6 +106,7 @@ def register(subparsers) -> None:
         add_dictionary_options,
         add_json_option,
         add_model_options,
+        non_negative_int,
         positive_int,
     )
 
@@ -115,6 +116,9 @@ def register(subparsers) -> None:
     add_dictionary_options(p)
     add_cache_options(p)
     p.add_argument("--max-tokens", type=positive_int, default=2048, help="tokens of the text used (default 2048)")
+    p.add_argument(
+        "--skip", type=non_negative_int, default=0, help="tokens skipped at the start of the text (default 0)"
+    )
     p.add_argument(
         "--chunk",
         type=positive_int,
@@ -135,9 +139,9 @@ def run(args: argparse.Namespace) -> int:
     text = read_text(args.text)
     loaded = load_model(args.model, device=args.device)
     dictionary = find_dictionary(loaded.model_id, loaded.dims, args.atoms, args.dictionary)
-    ids = loaded.tokenizer(text, return_tensors="pt")["input_ids"][:, : args.max_tokens]
+    ids = loaded.tokenizer(text, return_tensors="pt")["input_ids"][:, args.skip : args.skip + args.max_tokens]
     if ids.shape[1] < 2:
-        raise LexicoError(f"{args.text} holds fewer than 2 tokens")
+        raise LexicoError(f"{args.text} holds fewer than 2 tokens after the {args.skip} skipped (--skip)")
     device = next(loaded.model.parameters()).device
     with ProgressBar(2 * ids.shape[1], "perplexity", unit="tok") as bar:
         result = perplexity_eval(
