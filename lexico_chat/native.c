@@ -295,3 +295,37 @@ void lexico_select_atoms(void *c, int64_t ldc, int bf16, int64_t *idx, int64_t l
         chosen[k] = found;
     }
 }
+
+/* Adaptive codes (lexico_chat.cache.store.AdaptiveCodeStore) as padded codes for attention. Row r of R = batch *
+ * heads holds its atoms in runs, window w's window_atoms of them from atom w * window_atoms on, token after token:
+ * indices 12-bit packed (two in three bytes, 3 * atoms / 2 bytes) or int16, coefficients coef_size bytes each,
+ * and 4-bit counts (count - 1, two tokens a byte, the first in the low nibble). out_idx (R, T, longest) int16 and
+ * out_coef (R, T, longest) coefficients: each token's atoms first, then index 0 with coefficient 0. */
+void lexico_expand(const uint8_t *idx, int64_t i_sr, int index_bits, const uint8_t *coef, int64_t c_sr,
+                   int coef_size, const uint8_t *counts, int64_t n_sr, int16_t *out_idx, uint8_t *out_coef, int R,
+                   int T, int longest, int window, int window_atoms, int threads) {
+    const int windows = T / window;
+    const int64_t tasks = (int64_t)R * windows;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t task = 0; task < tasks; task++) {
+        const int r = (int)(task / windows), w = (int)(task % windows);
+        const uint8_t *ir = idx + r * i_sr, *cr = coef + r * c_sr, *nr = counts + r * n_sr;
+        int64_t atom = (int64_t)w * window_atoms;
+        for (int t = w * window; t < (w + 1) * window; t++) {
+            const int n = ((nr[t / 2] >> (4 * (t & 1))) & 0xF) + 1;
+            int16_t *oi = out_idx + ((int64_t)r * T + t) * longest;
+            uint8_t *oc = out_coef + ((int64_t)r * T + t) * longest * coef_size;
+            for (int j = 0; j < n; j++, atom++) {
+                if (index_bits == 12) {
+                    const uint8_t *p = ir + 3 * (atom / 2);
+                    oi[j] = (int16_t)((atom & 1) ? (p[1] >> 4) | (p[2] << 4) : p[0] | ((p[1] & 0xF) << 8));
+                } else {
+                    memcpy(oi + j, ir + 2 * atom, 2);
+                }
+            }
+            memcpy(oc, cr + (atom - n) * coef_size, (size_t)n * coef_size);
+            memset(oi + n, 0, sizeof(int16_t) * (size_t)(longest - n));
+            memset(oc + (size_t)n * coef_size, 0, (size_t)(longest - n) * coef_size);
+        }
+    }
+}

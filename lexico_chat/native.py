@@ -13,7 +13,8 @@ Three pieces of ``attention.reference`` run here on CPU tensors when the library
   KV head, by plain loops (``scatter_add_`` with its (rows, T·s) index and source tensors costs more than
   the adds).
 
-and one step of ``omp``'s selection: ``select_atoms`` takes |c|, masks the atoms already chosen and finds the
+``expand_codes`` lays out adaptive codes (runs of varying length) as the padded codes those kernels read, and
+one step of ``omp``'s selection: ``select_atoms`` takes |c|, masks the atoms already chosen and finds the
 first argmax of each row in one pass over the correlations (the PyTorch code makes three).
 
 The library is compiled with the system C compiler (``$CC``, else ``cc``) with ``-O3 -march=native
@@ -49,6 +50,8 @@ __all__ = [
     "ENV_SWITCH",
     "MAX_DIM",
     "available",
+    "expand_codes",
+    "expands",
     "library",
     "rebuild",
     "rope_scores",
@@ -73,6 +76,7 @@ _SIGNATURES = {
     "lexico_value_weights": [_ptr, _i64, _i64, _i64, *_CODES, _ptr] + [_int] * 7,
     "lexico_rebuild": [*_CODES, _ptr, _ptr, _i64, _i64, _int, _ptr] + [_int] * 7,
     "lexico_select_atoms": [_ptr, _i64, _int, _ptr, _i64, _int, _int, _int, _int],
+    "lexico_expand": [_ptr, _i64, _int, _ptr, _i64, _int, _ptr, _i64, _ptr, _ptr] + [_int] * 6,
 }  # every kernel ends with its thread count
 
 
@@ -328,3 +332,45 @@ def select_atoms(corr: torch.Tensor, idx: torch.Tensor, k: int) -> None:
         corr.shape[1],
         torch.get_num_threads(),
     )
+
+
+def expands(coefs: torch.Tensor) -> bool:
+    """Whether ``expand_codes`` takes a store with these (batch, heads, atoms) coefficients: CPU, the library
+    available."""
+    return coefs.device.type == "cpu" and available()
+
+
+def expand_codes(store) -> tuple[torch.Tensor, torch.Tensor]:
+    """An ``AdaptiveCodeStore``'s filled tokens as padded codes, what ``store.padded_codes`` makes of its runs.
+
+    Returns
+    -------
+    (batch, heads, length, longest) int16 indices and coefficients in the store's dtype: each token's atoms
+    first, then index 0 with coefficient 0.
+    """
+    b, h = store.counts.shape[:2]
+    t, longest = store.length, store.sparsity
+    out_idx = torch.empty(b, h, t, longest, dtype=torch.int16)
+    out_coef = torch.empty(b, h, t, longest, dtype=store.coefs.dtype)
+    rows = [x if x.stride(1) * h == x.stride(0) and x.stride(2) == 1 else x.contiguous()
+            for x in (store.indices, store.coefs, store.counts)]  # fmt: skip
+    indices, coefs, counts = rows
+    library().lexico_expand(
+        indices.data_ptr(),
+        indices.stride(1) * indices.element_size(),
+        store.index_bits,
+        coefs.data_ptr(),
+        coefs.stride(1) * coefs.element_size(),
+        coefs.element_size(),
+        counts.data_ptr(),
+        counts.stride(1),
+        out_idx.data_ptr(),
+        out_coef.data_ptr(),
+        b * h,
+        t,
+        longest,
+        store.window,
+        store.window_atoms,
+        torch.get_num_threads(),
+    )
+    return out_idx, out_coef

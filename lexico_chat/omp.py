@@ -21,6 +21,7 @@ from lexico_chat.accel import triton_enabled
 
 __all__ = [
     "omp",
+    "omp_factors",
     "reconstruct",
     "first_argmax",
     "fastest_select_dtype",
@@ -95,10 +96,44 @@ def omp(
     coefs = torch.empty(n, sparsity, dtype=torch.float32, device=vectors.device)
     for start in range(0, n, chunk):
         y = vectors[start : start + chunk].to(torch.float32)
-        idx, coef = _omp_chunk(y, d_sel, dt, sparsity, tol)
+        idx, u, z = _omp_chunk(y, d_sel, dt, sparsity, tol)
         indices[start : start + chunk] = idx.to(torch.int16)
-        coefs[start : start + chunk] = coef
+        coefs[start : start + chunk] = _solve(u, z)
     return indices, coefs
+
+
+def omp_factors(
+    vectors: torch.Tensor, dictionary: torch.Tensor, sparsity: int, *, select_dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """OMP's chosen atoms with the factors every prefix of them is solved from (the PyTorch path, any device).
+
+    The first k atoms OMP picks are the atoms it picks at sparsity k, and the squared residual falls by
+    ``z[:, k] ** 2`` at step k; ``lexico_chat.adaptive`` reads both to give vectors different numbers of atoms.
+
+    Parameters
+    ----------
+    vectors : (B, m) float; dictionary : (m, N) unit-norm atoms; sparsity : atoms per vector (as ``omp``).
+    select_dtype : as ``omp``.
+
+    Returns
+    -------
+    indices : (B, s) int16 atoms in the order chosen.
+    u : (B, s, s) float32 upper-triangular factor of the chosen atoms' Gram (``UᵀU = D_Iᵀ D_I``).
+    z : (B, s) float32 residual components along the orthonormalised atoms: ``U c = z`` gives the coefficients.
+    """
+    m, n_atoms = dictionary.shape
+    if vectors.ndim != 2 or vectors.shape[1] != m or not 1 <= sparsity <= min(m, n_atoms):
+        raise ValueError(f"need (B, {m}) vectors and 1 <= sparsity <= {min(m, n_atoms)}, got {tuple(vectors.shape)}")
+    n = vectors.shape[0]
+    chunk = _cpu_chunk(n, n_atoms) if vectors.device.type == "cpu" else 16384
+    d = dictionary.to(torch.float32)
+    dt, d_sel = d.t().contiguous(), d.to(select_dtype)
+    parts = [_omp_chunk(vectors[i : i + chunk].to(torch.float32), d_sel, dt, sparsity, 0.0) for i in range(0, n, chunk)]
+    if not parts:
+        return (vectors.new_zeros(0, sparsity, dtype=torch.int16), vectors.new_zeros(0, sparsity, sparsity),
+                vectors.new_zeros(0, sparsity))  # fmt: skip
+    idx, u, z = (torch.cat(t) for t in zip(*parts))
+    return idx.to(torch.int16), u, z
 
 
 def _cpu_chunk(n: int, n_atoms: int) -> int:
@@ -155,7 +190,7 @@ def _probed_select_dtype(kind: str) -> torch.dtype:
 
 def _omp_chunk(
     y: torch.Tensor, d_sel: torch.Tensor, dt: torch.Tensor, s: int, tol: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     # y: (b, m) fp32; d_sel: (m, N) in the selection dtype; dt: (N, m) fp32
     b, m = y.shape
     q = y.new_zeros(b, s, m)  # orthonormal directions of the chosen atoms
@@ -198,8 +233,12 @@ def _omp_chunk(
                 _correlate_and_select(r, d_sel, corr, idx, k + 1)
             else:
                 corr = _correlate(r, d_sel, corr)
-    coef = torch.linalg.solve_triangular(u, z.unsqueeze(2), upper=True).squeeze(2)
-    return idx, coef
+    return idx, u, z
+
+
+def _solve(u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    # coefficients on the chosen atoms: U c = z, U (b, s, s) upper triangular, z (b, s)
+    return torch.linalg.solve_triangular(u, z.unsqueeze(2), upper=True).squeeze(2)
 
 
 def _correlate_and_select(r: torch.Tensor, d_sel: torch.Tensor, corr: torch.Tensor, idx: torch.Tensor, k: int):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lexico_chat.config import CACHE_KINDS, LAYER_BUDGETS, CacheConfig
+from lexico_chat.config import ADAPTIVE_BELOW, CACHE_KINDS, CODE_LENGTHS, LAYER_BUDGETS, CacheConfig
 from lexico_chat.training import DEFAULT_BUDGET_S
 
 DEFAULTS = CacheConfig()  # every cache flag's default comes from here
@@ -71,7 +71,8 @@ def add_dictionary_options(parser: argparse.ArgumentParser, *, defaults: bool = 
 
 
 def add_layer_budget_option(parser: argparse.ArgumentParser, *, defaults: bool = True) -> None:
-    """--layer-budget auto|uniform|profile (``defaults`` as in ``add_dictionary_options``)."""
+    """--layer-budget auto|uniform|profile and --code-length adaptive|fixed: how the bytes of --sparsity are spent
+    over the layers and over the vectors of a window (``defaults`` as in ``add_dictionary_options``)."""
     parser.add_argument(
         "--layer-budget",
         choices=LAYER_BUDGETS,
@@ -79,6 +80,15 @@ def add_layer_budget_option(parser: argparse.ArgumentParser, *, defaults: bool =
         help="'profile': spend the bytes of --sparsity unevenly over the layers, by the dictionary's measured "
         "sensitivity (lower perplexity at the same bytes; see the README); 'uniform': the same s in every layer; "
         f"'auto': profile where the dictionary has one; default {DEFAULTS.layer_budget}",
+    )
+    parser.add_argument(
+        "--code-length",
+        choices=CODE_LENGTHS,
+        default=DEFAULTS.code_length if defaults else None,
+        help="'adaptive': within each window of --window tokens, vectors that code badly get more atoms and the rest "
+        "fewer, in the bytes of --sparsity atoms each (lower perplexity at the same bytes; see the README); "
+        f"'fixed': every vector gets the same atoms; 'auto': adaptive below s={ADAPTIVE_BELOW}; default "
+        f"{DEFAULTS.code_length}",
     )
 
 
@@ -105,6 +115,7 @@ CACHE_FLAGS = (
     "key_sparsity",
     "value_sparsity",
     "layer_budget",
+    "code_length",
     "atoms",
     "buffer",
     "window",

@@ -98,7 +98,7 @@ def _profiled(model, atoms=64):
 def test_cache_holds_each_layers_share_and_saves_it(tiny_model):
     model = tiny_model("llama")
     dictionary = _profiled(model)
-    config = CacheConfig(sparsity=4, atoms=64, buffer=8, window=4, layer_budget="profile")
+    config = CacheConfig(sparsity=4, atoms=64, buffer=8, window=4, layer_budget="profile", code_length="fixed")
     plan = sparsity_plan(config, dictionary.meta)
     assert plan[0][0] > 4 > min(k for k, _ in plan[1:])  # the sensitive first layer takes atoms from the others
     cache = LexicoCache.from_model(model, dictionary, config)
@@ -150,8 +150,14 @@ def test_auto_is_the_default_profile_where_the_dictionary_has_one(tiny_model):
     assert sparsity_plan(uniform, profiled.meta) == [(4, 4)] * layers
     assert config.resolved(profiled.meta).layer_budget == "profile"
     assert config.resolved(plain.meta).layer_budget == "uniform" and uniform.resolved(profiled.meta) is uniform
-    assert config.sparsity_label(profiled.meta) == "4 per layer" and config.sparsity_label(plain.meta) == "4"
-    assert config.sparsity_label() == "4" and config.replace(layer_budget="profile").sparsity_label() == "4 per layer"
+    assert (
+        config.sparsity_label(profiled.meta) == "4 per layer adaptive"
+        and config.sparsity_label(plain.meta) == "4 adaptive"
+    )
+    assert (
+        config.sparsity_label() == "4 adaptive"
+        and config.replace(layer_budget="profile").sparsity_label() == "4 per layer adaptive"
+    )
 
 
 def test_a_profiled_plan_keeps_half_the_atoms_in_every_layer(tiny_model):

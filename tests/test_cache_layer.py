@@ -31,7 +31,13 @@ def test_codes_are_one_batched_omp_of_the_oldest_tokens():
         dk,
         dv,
         CacheConfig(
-            sparsity=4, buffer=6, window=4, coef_dtype="float32", select_dtype="float32", buffer_dtype="float32"
+            sparsity=4,
+            buffer=6,
+            window=4,
+            coef_dtype="float32",
+            select_dtype="float32",
+            buffer_dtype="float32",
+            code_length="fixed",
         ),
     )
     k, v = _states(2, 3, 11, 16, 1)
@@ -52,7 +58,7 @@ def test_keys_and_values_take_their_own_sparsity():
     """--key-sparsity 3 --value-sparsity 6: each store holds OMP codes of its own size, counted exactly."""
     dk, dv = _dicts()
     config = CacheConfig(
-        sparsity=4, key_sparsity=3, value_sparsity=6, buffer=6, window=4, coef_dtype="float32",
+        sparsity=4, key_sparsity=3, value_sparsity=6, buffer=6, window=4, coef_dtype="float32", code_length="fixed",
         select_dtype="float32", buffer_dtype="float32",
     )  # fmt: skip
     layer = LexicoLayer(dk, dv, config)
@@ -122,7 +128,9 @@ def test_memory_equals_bytes_of_tensors_held(tiny_model, coef_dtype, per_vector)
     cache = LexicoCache.from_model(
         model,
         random_dictionary(model),
-        CacheConfig(sparsity=4, buffer=8, window=4, coef_dtype=str(coef_dtype).removeprefix("torch.")),
+        CacheConfig(
+            sparsity=4, buffer=8, window=4, coef_dtype=str(coef_dtype).removeprefix("torch."), code_length="fixed"
+        ),
     )
     with torch.inference_mode():
         model(torch.arange(30).unsqueeze(0), past_key_values=cache)

@@ -73,7 +73,10 @@ def test_kv_fractions_match_hand_counts(result):
     fp16 = 2 * T * M * 2  # per layer and head
     compressed, buffer = _lexico_tokens(T, 48, 16, 8)
     for row, s in zip(result["rows"][1:3], (4, 16)):
-        lexico = (2 * compressed * s * (1.5 + 4) + 2 * buffer * M * 2) / fp16  # 12-bit index + fp32 coef; fp16 buffer
+        # 12-bit index + fp32 coef; fp16 buffer. s=4 codes adapt (the default below 8 atoms): per window of 8 tokens,
+        # 30 atoms (8 * 22 bytes of fixed codes, less 4 bytes of 4-bit counts, in whole pairs of 11 bytes) + counts
+        per_token = (30 * (1.5 + 4) + 4) / 8 if s == 4 else s * (1.5 + 4)
+        lexico = (2 * compressed * per_token + 2 * buffer * M * 2) / fp16
         assert row["kv_fraction"] == pytest.approx(lexico, rel=1e-12)
         eviction = result["rows"][5 if s == 4 else 6]
         window = eviction_window(lexico, T, 2)

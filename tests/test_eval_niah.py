@@ -215,7 +215,7 @@ def test_layer_budget_flag_reaches_the_lexico_sessions_and_labels():
     argv = ["eval", "niah", "--haystack", "h.txt", "--quick", "--sparsity", "4", "8", "--layer-budget", "profile"]
     settings = _settings(build_parser(argv).parse_args(argv))
     assert settings.caches.cache.layer_budget == "profile" and settings.caches.sparsities == (4, 8)
-    assert _methods(settings)[1:3] == [("lexico", "s=4 per layer"), ("lexico", "s=8 per layer")]
+    assert _methods(settings)[1:3] == [("lexico", "s=4 per layer adaptive"), ("lexico", "s=8 per layer")]
     assert _methods(settings)[-1] == ("eviction", "as lexico s=8 per layer")
     argv = argv[:-2]
     assert _settings(build_parser(argv).parse_args(argv)).caches.cache.layer_budget == "auto"
@@ -303,10 +303,10 @@ def test_rows_cover_every_trial_and_method_in_order(fake_run):
     assert len(trials) == 2 * 2 * 2 * 2 and len(rows) == len(trials) * 6
     assert [(r["method"], r["setting"]) for r in rows[:6]] == [
         ("full", "fp16"),
-        ("lexico", "s=4"),
+        ("lexico", "s=4 adaptive"),
         ("lexico", "s=8"),
         ("kivi", "2-bit"),
-        ("eviction", "as lexico s=4"),
+        ("eviction", "as lexico s=4 adaptive"),
         ("eviction", "as lexico s=8"),
     ]
     keys = [(r["length"], r["depth"], r["form"], r["trial"], r["answer"]) for r in rows[::6]]
@@ -341,16 +341,16 @@ def test_summary_cells_and_totals(fake_run):
     result, _ = fake_run
     cells = {(c["method"], c["setting"], c["length"], c["depth"], c["form"]): c for c in result["cells"]}
     assert len(cells) == 6 * 2 * 2 * 2 and all(c["needles"] == 2 for c in cells.values())
-    assert cells[("lexico", "s=4", 200, 0.0, "number")]["hits"] == 2
-    assert cells[("lexico", "s=4", 200, 0.0, "paraphrase")]["hits"] == 0
+    assert cells[("lexico", "s=4 adaptive", 200, 0.0, "number")]["hits"] == 2
+    assert cells[("lexico", "s=4 adaptive", 200, 0.0, "paraphrase")]["hits"] == 0
     assert cells[("lexico", "s=8", 300, 1.0, "number")]["kv_fraction"] == 0.5
     assert all(c["hits"] == 0 for k, c in cells.items() if k[0] == "eviction")
     totals = {(t["method"], t["setting"]): t for t in result["totals"]}
-    assert list(totals) == [("full", "fp16"), ("lexico", "s=4"), ("lexico", "s=8"), ("kivi", "2-bit")] + [
-        ("eviction", "as lexico s=4"),
+    assert list(totals) == [("full", "fp16"), ("lexico", "s=4 adaptive"), ("lexico", "s=8"), ("kivi", "2-bit")] + [
+        ("eviction", "as lexico s=4 adaptive"),
         ("eviction", "as lexico s=8"),
     ]
-    lexico = totals[("lexico", "s=4")]
+    lexico = totals[("lexico", "s=4 adaptive")]
     assert (lexico["hits"], lexico["trials"], lexico["hit_rate"]) == (8, 16, 0.5)
     assert lexico["form_hits"] == {"number": 8, "paraphrase": 0}
     assert lexico["ci95"] == pytest.approx(list(wilson_interval(8, 16)))
@@ -372,7 +372,15 @@ def test_table_and_heatmaps(fake_run, tmp_path):
     result, _ = fake_run
     lines = totals_table(result).splitlines()
     assert lines[0].split()[:3] == ["method", "setting", "KV"] and len(lines) == 7
-    assert lines[2].split()[:6] == ["lexico", "s=4", "25.0%", "8/16", "50%", "28-72%"]  # Wilson: 0.280-0.720
+    assert lines[2].split()[:7] == [
+        "lexico",
+        "s=4",
+        "adaptive",
+        "25.0%",
+        "8/16",
+        "50%",
+        "28-72%",
+    ]  # Wilson: 0.280-0.720
     plot_niah(result, tmp_path / "niah.png")
     assert (tmp_path / "niah.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -443,7 +451,8 @@ def test_measured_bytes_on_real_caches(tiny_run):
     tokens = full["tokens"]
     compressed = (tokens - 1 - 16) // 8 * 8  # LexicoLayer: whole windows more than `buffer` behind the last token
     index_bytes, coef_bytes = 1.5, 4  # 12-bit indices, fp32 coefficients; fp32 buffer
-    expected = (compressed * 4 * (index_bytes + coef_bytes) + (tokens - compressed) * 16 * 4) / (tokens * 16 * 2)
+    per_token = (30 * (index_bytes + coef_bytes) + 4) / 8  # adaptive s=4: 30 atoms and 4 bytes of counts per window
+    expected = (compressed * per_token + (tokens - compressed) * 16 * 4) / (tokens * 16 * 2)
     assert lossy["kv_fraction"] == pytest.approx(expected, rel=1e-12)
     window = eviction_window(lossy["kv_fraction"], tokens, 2)
     assert evict4["window"] == window < tokens
@@ -487,7 +496,7 @@ def test_cli_json_on_a_tiny_model(capsys, monkeypatch, tmp_path):
     result = json.loads(out)
     assert set(result) == {"settings", "rows", "cells", "totals", "wall_s"}
     assert len(result["rows"]) == 16 and len(result["cells"]) == 4 * 2 * 2 and len(result["totals"]) == 4
-    assert [t["setting"] for t in result["totals"]] == ["fp16", "s=4", "2-bit", "as lexico s=4"]
+    assert [t["setting"] for t in result["totals"]] == ["fp16", "s=4 adaptive", "2-bit", "as lexico s=4 adaptive"]
     assert result["settings"]["caches"]["cache"]["buffer"] == 16 and result["settings"]["forms"] == [
         "number",
         "paraphrase",

@@ -54,7 +54,7 @@ def test_cache_counts_two_and_a_half_bytes_per_atom_up_to_4096_atoms(tiny_model,
     model = tiny_model("llama")
     text = model.config.get_text_config()
     dictionary = random_dictionary(model, atoms)
-    config = CacheConfig(sparsity=4, atoms=atoms, buffer=8, window=4)
+    config = CacheConfig(sparsity=4, atoms=atoms, buffer=8, window=4, code_length="fixed")
     cache = LexicoCache.from_model(model, dictionary, config)
     with torch.inference_mode():
         model(torch.arange(40).view(1, 40) % text.vocab_size, past_key_values=cache, use_cache=True)

@@ -62,7 +62,8 @@ def worlds(tmp_path_factory):
     made = {}
     with pytest.MonkeyPatch.context() as monkeypatch:
         for name, arch, flags in (("lexico", "llama", FLAGS), ("full", "llama", ["--cache", "full"]),
-                                  ("gemma", "gemma3", FLAGS)):  # fmt: skip
+                                  ("gemma", "gemma3", FLAGS),
+                                  ("adaptive", "llama", [*FLAGS, "--code-length", "adaptive"])):  # fmt: skip
             world = World(tmp_path_factory.mktemp(name), arch, flags)
             serve_tiny_model(monkeypatch, world.loaded)
             from lexico_chat.cli import main
@@ -147,7 +148,7 @@ def meta_mutations(world: World) -> list:
     for key in [k for k in ("sparsity", "atoms", "buffer", "window") if k in meta["settings"]]:
         cases += [(f"settings.{key}={v!r:.20}", _set(("settings", key), v)) for v in BAD_INTS]
         cases.append((f"settings.{key} other", _set(("settings", key), meta["settings"][key] + 1)))
-    for key in ("kind", "coef_dtype", "select_dtype", "buffer_dtype", "layer_budget"):
+    for key in ("kind", "coef_dtype", "select_dtype", "buffer_dtype", "layer_budget", "code_length"):
         cases += [(f"settings.{key}={v!r}", _set(("settings", key), v)) for v in BAD_STRINGS]
     cases += [("settings.kind=full", _set(("settings", "kind"), "full")),
               ("settings.coef_dtype=float16", _set(("settings", "coef_dtype"), "float16")),
@@ -272,13 +273,15 @@ def test_flipped_bytes_are_refused_in_one_line(worlds, tmp_path, monkeypatch, ca
         assert_one_line_error(code, err, str(path))
 
 
-@pytest.mark.parametrize("name", ["lexico", "full", "gemma"])
+@pytest.mark.parametrize("name", ["lexico", "full", "gemma", "adaptive"])
 def test_the_good_file_still_resumes_token_identically(worlds, name, tmp_path, monkeypatch, capsys):
     world = worlds[name]
     again = tmp_path / "again.lexico"
     code, out, err = world.cli(monkeypatch, capsys, "--resume", world.good, "--prompt", TURN2, "--save", again)
     assert code == 0, err
-    cache = OPTIONS.cache if name != "full" else CacheConfig(kind="full")
+    cache = {"full": CacheConfig(kind="full"), "adaptive": OPTIONS.cache.replace(code_length="adaptive")}.get(
+        name, OPTIONS.cache
+    )
     dictionary = LexicoDictionary.load(world.flags[1]) if name != "full" else None
     reference = ChatSession(world.loaded, SessionOptions(cache=cache), dictionary=dictionary)
     sampling = SamplingConfig(max_new_tokens=6)
@@ -287,3 +290,6 @@ def test_the_good_file_still_resumes_token_identically(worlds, name, tmp_path, m
     with safe_open(str(again), framework="pt") as fh:
         assert fh.get_tensor("token_ids").tolist() == reference.cached_ids
     assert reference.stats().tokens_compressed > 0 or name == "full"
+    if name == "adaptive":
+        with safe_open(str(again), framework="pt") as fh:
+            assert "layer0.key_counts" in fh.keys()

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import torch
 
+from lexico_chat.adaptive import adaptive_codes, longest_code, window_atoms
 from lexico_chat.attention import LAYER_TAG, CompressedKV
 from lexico_chat.attention.codes import index_bits_for
 from lexico_chat.cache.layer_base import CompactLayer
-from lexico_chat.cache.store import CodeStore, TokenBuffer
+from lexico_chat.cache.store import AdaptiveCodeStore, CodeStore, TokenBuffer
 from lexico_chat.config import CacheConfig
 from lexico_chat.memory import LayerMemory, fp16_bytes, tensor_bytes
 from lexico_chat.omp import omp, select_dtype_for
@@ -90,15 +91,36 @@ class LexicoLayer(CompactLayer):
         self._pairs = pair_order(m, self.device) if self.rope_table is not None else None
         self.key_dictionary = keys.contiguous() if self._pairs is None else keys[self._pairs].t().contiguous().t()
         self.value_dictionary = self._source[1].to(self.device, torch.float32).t().contiguous().t()
-        bits = index_bits_for(self._source[0].shape[1])  # N <= 4096: 2.5 bytes per atom, not 3
-        self.key_codes = CodeStore(b, h, self.key_sparsity, self.coef_dtype, self.device, bits)
-        self.value_codes = CodeStore(b, h, self.value_sparsity, self.coef_dtype, self.device, bits)
+        self.key_codes = self._code_store(b, h, self.key_sparsity)
+        self.value_codes = self._code_store(b, h, self.value_sparsity)
         held = self.buffer_dtype_for(key_states.dtype)
         self.key_buffer = TokenBuffer(b, h, m, held, self.device)
         self.value_buffer = TokenBuffer(b, h, m, held, self.device)
         self.buffer_start = 0  # position of the first buffered token
         self.query_start = 0  # position of the current call's first token
         self.is_initialized = True
+
+    def _code_store(self, b: int, h: int, sparsity: int) -> CodeStore | AdaptiveCodeStore:
+        """An empty store of codes of ``sparsity`` atoms (on average, where codes adapt: ``adapts``)."""
+        bits = index_bits_for(self._source[0].shape[1])  # N <= 4096: 2.5 bytes per atom, not 3
+        if not self.adapts(sparsity):
+            return CodeStore(b, h, sparsity, self.coef_dtype, self.device, bits)
+        longest = longest_code(sparsity, *self._source[0].shape)
+        return AdaptiveCodeStore(
+            b, h, longest, self.window, self.window_atoms(sparsity), self.coef_dtype, self.device, bits
+        )
+
+    def window_atoms(self, sparsity: int) -> int:
+        """Atoms of a window of adaptive codes spending the bytes of ``sparsity`` atoms per vector."""
+        m, atoms = self._source[0].shape
+        bits = index_bits_for(atoms)
+        return window_atoms(sparsity, self.window, longest_code(sparsity, m, atoms), bits, self.coef_dtype.itemsize)
+
+    def adapts(self, sparsity: int) -> bool:
+        """Whether codes of ``sparsity`` atoms vary in length per vector here: ``config.adaptive_codes``, the window
+        even, and a vector may take more atoms (``adaptive.longest_code``)."""
+        m, atoms = self._source[0].shape
+        return self.config.adaptive_codes and self.window % 2 == 0 and longest_code(sparsity, m, atoms) > sparsity
 
     def buffer_dtype_for(self, model_dtype: torch.dtype) -> torch.dtype:
         """Storage dtype of the full-precision buffer for a model computing in ``model_dtype``: "auto" keeps a
@@ -170,9 +192,15 @@ class LexicoLayer(CompactLayer):
                     x.float().unsqueeze(1) for x in self.rope_table.view(done, done + count)
                 )  # (b, 1, count, m/2)
                 front = unrotate(front.float(), cos, sin)[..., self._pairs]  # the order of the held atoms
-            s = store.sparsity
-            idx, coef = omp(front.reshape(b * h * count, m), dictionary, s, select_dtype=self.select_dtype)
-            store.append(idx.view(b, h, count, s), coef.view(b, h, count, s))
+            s, vectors = store.sparsity, front.reshape(b * h * count, m)
+            if isinstance(store, AdaptiveCodeStore):
+                idx, coef, counts = adaptive_codes(
+                    vectors, dictionary, s, store.window, store.window_atoms, select_dtype=self.select_dtype
+                )
+                store.append(idx.view(b, h, count, s), coef.view(b, h, count, s), counts.view(b, h, count))
+            else:
+                idx, coef = omp(vectors, dictionary, s, select_dtype=self.select_dtype)
+                store.append(idx.view(b, h, count, s), coef.view(b, h, count, s))
 
     @property
     def compressed_length(self) -> int:
@@ -193,12 +221,14 @@ class LexicoLayer(CompactLayer):
 
     def compressed(self) -> CompressedKV:
         """The compressed tokens (views of the stores, no copy) with this layer's fp32 dictionaries."""
-        key_idx, key_coef = self.key_codes.stored()
-        value_idx, value_coef = self.value_codes.stored()
+        bits = {self.key_codes.read_bits, self.value_codes.read_bits}
+        read = (lambda store: store.stored()) if len(bits) == 1 else (lambda store: store.view())  # one index format
+        key_idx, key_coef = read(self.key_codes)
+        value_idx, value_coef = read(self.value_codes)
         rope = None if self.rope_table is None else self.rope_table.view(0, self.compressed_length)
         return CompressedKV(
             key_idx, key_coef, value_idx, value_coef, self.key_dictionary, self.value_dictionary, key_rope=rope,
-            index_bits=self.key_codes.index_bits, key_pairs=self.rope_table is not None,
+            index_bits=min(bits) if len(bits) == 1 else 16, key_pairs=self.rope_table is not None,
         )  # fmt: skip
 
     def get_seq_length(self) -> int:

@@ -30,10 +30,11 @@ from typing import NoReturn
 import torch
 from safetensors import safe_open
 
+from lexico_chat.adaptive import MAX_COUNT
 from lexico_chat.cache.layer import LexicoLayer, torch_dtype
 from lexico_chat.config import CacheConfig
 from lexico_chat.dictionary import model_slug
-from lexico_chat.engine.cache_state import DENSE_PARTS, LEXICO_PARTS
+from lexico_chat.engine.cache_state import ADAPTIVE_PARTS, DENSE_PARTS, LEXICO_PARTS, compressed_tokens
 from lexico_chat.engine.types import Message
 from lexico_chat.errors import LexicoError
 from lexico_chat.textfile import regular_file
@@ -206,7 +207,10 @@ def _check_meta(check: _Check, meta: dict) -> None:
             check.integer(fact["seen"], f"layers[{i}].seen")
 
 
-OLDER_SETTINGS = {"layer_budget": "uniform"}  # settings older sessions lack, with what those sessions used
+OLDER_SETTINGS = {
+    "layer_budget": "uniform",
+    "code_length": "fixed",
+}  # settings older sessions lack, with what those sessions used
 _NEWER_SETTINGS = frozenset(OLDER_SETTINGS)
 
 
@@ -238,6 +242,8 @@ def _check_tensors(check: _Check, tensors: dict, layers: list[dict], config: Cac
     for i, fact in enumerate(layers):
         parts = {"lexico": LEXICO_PARTS, "dense": DENSE_PARTS}.get(fact["kind"], ())
         expected |= {f"layer{i}.{part}" for part in parts}
+        if fact["kind"] == "lexico":  # a side whose codes adapt saves its atom counts too
+            expected |= {f"layer{i}.{part}" for part in ADAPTIVE_PARTS} & tensors.keys()
     missing, extra = sorted(expected - tensors.keys()), sorted(tensors.keys() - expected)
     check.that(not missing, f"tensors {', '.join(missing)[:80]} are missing")
     check.that(not extra, f"unexpected tensors {', '.join(extra)[:80]}")
@@ -250,7 +256,8 @@ def _check_tensors(check: _Check, tensors: dict, layers: list[dict], config: Cac
     for i, fact in enumerate(layers):
         if fact["kind"] == "lexico":
             check.that(config is not None, f"layer {i} is compressed but the settings are of a full cache")
-            _check_lexico_layer(check, i, [tensors[f"layer{i}.{p}"] for p in LEXICO_PARTS], config, length)
+            parts = {p: tensors[f"layer{i}.{p}"] for p in LEXICO_PARTS + ADAPTIVE_PARTS if f"layer{i}.{p}" in tensors}
+            _check_lexico_layer(check, i, parts, config, length)
         elif fact["kind"] == "dense":
             _check_dense_layer(check, i, tensors[f"layer{i}.keys"], tensors[f"layer{i}.values"], fact["seen"], length)
     if "rope.cos" in tensors:
@@ -261,31 +268,61 @@ def _check_tensors(check: _Check, tensors: dict, layers: list[dict], config: Cac
             check.shape(t, name, (cos.shape[0], length, cos.shape[2]))
 
 
-def _check_lexico_layer(check: _Check, i: int, parts: list[torch.Tensor], config: CacheConfig, length: int) -> None:
-    key_idx, key_coef, value_idx, value_coef, key_buffer, value_buffer = parts
-    check.tensor(key_idx, f"layer{i}.key_idx", (torch.int16,), 4)
+def _check_lexico_layer(check: _Check, i: int, parts: dict, config: CacheConfig, length: int) -> None:
+    key_buffer, value_buffer = parts["key_buffer"], parts["value_buffer"]
     check.tensor(key_buffer, f"layer{i}.key_buffer", _FLOATS, 4)
-    b, h, compressed, _ = key_idx.shape
-    coef_dtype = torch_dtype(config.coef_dtype)
-    for name, idx, coef, s in (
-        ("key", key_idx, key_coef, config.sparsity_k),
-        ("value", value_idx, value_coef, config.sparsity_v),
-    ):
-        check.tensor(idx, f"layer{i}.{name}_idx", (torch.int16,), 4)
-        check.tensor(coef, f"layer{i}.{name}_coef", (coef_dtype,), 4)
-        if config.layer_budget != "uniform":  # s per layer from the dictionary's profile: checked against the
-            s = idx.shape[-1]  # cache built from it when the session is loaded (check_fits); here only its range
-            check.that(1 <= s <= 2 * config.sparsity, f"layer{i}.{name}_idx holds {s} atoms per vector")
-        check.that(
-            idx.shape[-1] == s, f"layer{i}.{name}_idx holds {idx.shape[-1]} atoms per vector, the settings say {s}"
-        )
-        check.shape(idx, f"layer{i}.{name}_idx", (b, h, compressed, s))
-        check.shape(coef, f"layer{i}.{name}_coef", (b, h, compressed, s))
+    b, h = key_buffer.shape[:2]
+    if "key_counts" in parts:  # what the number of compressed tokens is read from
+        check.tensor(parts["key_counts"], f"layer{i}.key_counts", (torch.uint8,), 3)
+    else:
+        check.tensor(parts["key_idx"], f"layer{i}.key_idx", (torch.int16,), 4)
+    compressed = compressed_tokens(parts, "")
+    for name, s in (("key", config.sparsity_k), ("value", config.sparsity_v)):
+        idx, coef = parts[f"{name}_idx"], parts[f"{name}_coef"]
+        if f"{name}_counts" in parts:
+            _check_runs(check, f"layer{i}.{name}", idx, coef, parts[f"{name}_counts"], config, (b, h, compressed))
+        else:
+            _check_codes(check, f"layer{i}.{name}", idx, coef, config, s, (b, h, compressed))
         low, high = (int(idx.min()), int(idx.max())) if idx.numel() else (0, 0)
         check.that(low >= 0 and high < config.atoms, f"layer{i}.{name}_idx holds atoms outside [0, {config.atoms})")
     for name, buffer in (("key_buffer", key_buffer), ("value_buffer", value_buffer)):
         check.tensor(buffer, f"layer{i}.{name}", (key_buffer.dtype,), 4)
         check.shape(buffer, f"layer{i}.{name}", (b, h, length - compressed, key_buffer.shape[3]))
+
+
+def _check_codes(check: _Check, name: str, idx, coef, config: CacheConfig, s: int, tokens: tuple) -> None:
+    """Fixed-length codes: (b, h, T, s) int16 indices and coefficients."""
+    check.tensor(idx, f"{name}_idx", (torch.int16,), 4)
+    check.tensor(coef, f"{name}_coef", (torch_dtype(config.coef_dtype),), 4)
+    if config.layer_budget != "uniform":  # s per layer from the dictionary's profile: checked against the
+        s = idx.shape[-1]  # cache built from it when the session is loaded (check_fits); here only its range
+        check.that(1 <= s <= 2 * config.sparsity, f"{name}_idx holds {s} atoms per vector")
+    check.that(idx.shape[-1] == s, f"{name}_idx holds {idx.shape[-1]} atoms per vector, the settings say {s}")
+    check.shape(idx, f"{name}_idx", (*tokens, s))
+    check.shape(coef, f"{name}_coef", (*tokens, s))
+
+
+def _check_runs(check: _Check, name: str, idx, coef, counts, config: CacheConfig, tokens: tuple) -> None:
+    """Codes of varying length: (b, h, atoms) int16 indices and coefficients, (b, h, T) uint8 atom counts in
+    [1, MAX_COUNT], the same number of atoms in every window (the layer's own, checked by check_fits)."""
+    check.that(config.adaptive_codes, f"{name}_counts belongs to adaptive codes, the settings say fixed")
+    check.tensor(counts, f"{name}_counts", (torch.uint8,), 3)
+    check.shape(counts, f"{name}_counts", tokens)
+    check.tensor(idx, f"{name}_idx", (torch.int16,), 3)
+    check.tensor(coef, f"{name}_coef", (torch_dtype(config.coef_dtype),), 3)
+    check.shape(coef, f"{name}_coef", tuple(idx.shape))
+    window, t = config.window, tokens[2]
+    check.that(t % window == 0, f"{name}_counts covers {t} tokens, not whole windows of {window}")
+    if not counts.numel():
+        check.that(idx.shape[2] == 0, f"{name}_idx holds atoms of no token")
+        return
+    check.that(1 <= int(counts.min()) and int(counts.max()) <= MAX_COUNT, f"{name}_counts must be in [1, {MAX_COUNT}]")
+    sums = counts.to(torch.int64).view(*tokens[:2], t // window, window).sum(-1)
+    check.that(bool((sums == sums.flatten()[0]).all()), f"{name}_counts gives its windows different numbers of atoms")
+    check.that(
+        idx.shape[2] == int(sums.sum()) // (tokens[0] * tokens[1]),
+        f"{name}_idx does not hold the atoms of {name}_counts",
+    )
 
 
 def _check_dense_layer(check: _Check, i: int, keys: torch.Tensor, values: torch.Tensor, seen: int, length: int) -> None:
@@ -335,12 +372,17 @@ def _fit_layer(check: _Check, i: int, kind: str, layer, saved: SavedSession, ses
         check.shape(t["keys"], f"layer{i}.keys", (1, dims.num_kv_heads, held, dims.head_dim))
         check.that(t["keys"].dtype == model_dtype, f"layer{i}.keys is {t['keys'].dtype}; the model is {model_dtype}")
         return
-    atoms, done = session.dictionary.meta.atoms, t["key_idx"].shape[2]
+    atoms, done = session.dictionary.meta.atoms, compressed_tokens(t, "")
     for name in ("key_idx", "value_idx"):
         high = int(t[name].max()) if t[name].numel() else 0
         check.that(high < atoms, f"layer{i}.{name} holds atom {high}; the dictionary has {atoms}")
-    check.shape(t["key_idx"], f"layer{i}.key_idx", (1, dims.num_kv_heads, done, layer.key_sparsity))
-    check.shape(t["value_idx"], f"layer{i}.value_idx", (1, dims.num_kv_heads, done, layer.value_sparsity))
+    for side, s in (("key", layer.key_sparsity), ("value", layer.value_sparsity)):
+        adaptive = layer.adapts(s)
+        check.that(
+            adaptive == (f"{side}_counts" in t), f"layer {i}: the file and this cache disagree on {side} code length"
+        )
+        shape = (done // layer.window * layer.window_atoms(s),) if adaptive else (done, s)
+        check.shape(t[f"{side}_idx"], f"layer{i}.{side}_idx", (1, dims.num_kv_heads, *shape))
     check.shape(t["key_buffer"], f"layer{i}.key_buffer", (1, dims.num_kv_heads, length - done, dims.head_dim))
     held = layer.buffer_dtype_for(model_dtype)
     check.that(
