@@ -11,7 +11,9 @@ last query must see compressed. Those that the call's earlier queries still need
 buffer too (the overlap); the attention masks each copy per query (``lexico_chat.attention.overlap``)
 and calls ``settle()`` afterwards, which drops the overlap, so between calls every token is held once.
 With a pre-RoPE key dictionary (``rope`` given) keys are un-rotated by their own rotation before OMP
-(``lexico_chat.rope``). The returned keys and values are tagged with the layer (``LAYER_TAG``) so that
+(``lexico_chat.rope``). Where codes adapt (``CacheConfig.adaptive_codes``; ``lexico_chat.adaptive``) each window of a
+KV head shares a fixed number of atoms, held as runs in an ``AdaptiveCodeStore``, and attention reads them padded
+to the longest code. The returned keys and values are tagged with the layer (``LAYER_TAG``) so that
 the registered "lexico" attention finds the codes of exactly this layer.
 """
 

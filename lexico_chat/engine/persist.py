@@ -20,11 +20,11 @@ from lexico_chat.engine.cache_state import export_cache, import_cache
 from lexico_chat.engine.session_file import (
     META_KEY,
     SESSION_FORMAT,
-    check_fits,
     digest,
     read_session_file,
     session_settings,
 )
+from lexico_chat.engine.session_fit import check_fits
 from lexico_chat.errors import LexicoError
 
 __all__ = ["SESSION_FORMAT", "save_session", "load_session_state", "read_session_file", "saved_cache_settings"]

@@ -10,10 +10,8 @@ edits a file can recompute it. What makes a crafted file harmless is the validat
   values within fp16's range (``MAX_MAGNITUDE``) and atom indices in [0, N); and they agree with each other:
   per layer, compressed + buffered tokens = cached positions = the number of token ids, and the rotary
   table covers the same tokens.
-* ``check_fits(saved, session, cache)``: the file fits the session that would load it: the model, the cache
-  settings and dictionary, each layer's kind (compressed, full, sliding window), batch 1, the KV heads,
-  head_dim and sparsity of every tensor, the storage dtypes the session's cache uses, the compression
-  schedule, token ids inside the vocabulary, the context length.
+* ``lexico_chat.engine.session_fit.check_fits(saved, session, cache)``: the file fits the session that would
+  load it (the second half of the checks).
 
 Every defect raises one ``LexicoError`` naming the file and what is wrong.
 """
@@ -31,9 +29,8 @@ import torch
 from safetensors import safe_open
 
 from lexico_chat.adaptive import MAX_COUNT
-from lexico_chat.cache.layer import LexicoLayer, torch_dtype
+from lexico_chat.cache.layer import torch_dtype
 from lexico_chat.config import CacheConfig
-from lexico_chat.dictionary import model_slug
 from lexico_chat.engine.cache_state import ADAPTIVE_PARTS, DENSE_PARTS, LEXICO_PARTS, compressed_tokens
 from lexico_chat.engine.types import Message
 from lexico_chat.errors import LexicoError
@@ -44,8 +41,8 @@ __all__ = [
     "META_KEY",
     "MAX_MAGNITUDE",
     "OLDER_SETTINGS",
+    "Check",
     "SavedSession",
-    "check_fits",
     "digest",
     "read_session_file",
     "session_settings",
@@ -104,7 +101,7 @@ def digest(tensors: dict[str, torch.Tensor], meta: dict) -> str:
     return h.hexdigest()
 
 
-class _Check:
+class Check:
     """Raises the one-line error for the file at ``path``."""
 
     def __init__(self, path: Path) -> None:
@@ -146,7 +143,7 @@ class _Check:
 def read_session_file(path: str | os.PathLike) -> SavedSession:
     """The checked contents of a session file; any defect raises one LexicoError."""
     path = regular_file(path, "session file")
-    check = _Check(path)
+    check = Check(path)
     tensors, meta = _parse(path)
     check.that(isinstance(meta, dict), f"its metadata is a {type(meta).__name__}, not an object")
     found = meta.get("format")
@@ -186,7 +183,7 @@ def _config_fields(settings: dict) -> dict:
     return {name: value for name, value in settings.items() if name != "dictionary"}
 
 
-def _check_meta(check: _Check, meta: dict) -> None:
+def _check_meta(check: Check, meta: dict) -> None:
     check.fields(meta, "the metadata", _TOP_LEVEL)
     check.string(meta["model_id"], "model_id")
     check.that(0 < len(meta["model_id"]) <= 1000, "model_id must have 1 to 1000 characters")
@@ -214,7 +211,7 @@ OLDER_SETTINGS = {
 _NEWER_SETTINGS = frozenset(OLDER_SETTINGS)
 
 
-def _check_settings(check: _Check, settings) -> None:
+def _check_settings(check: Check, settings) -> None:
     check.that(isinstance(settings, dict), f"settings must be an object, got {type(settings).__name__}")
     kind = settings.get("kind")
     check.that(kind in ("lexico", "full"), f"settings.kind must be 'lexico' or 'full', got {str(kind)[:40]!r}")
@@ -236,7 +233,7 @@ def _check_settings(check: _Check, settings) -> None:
         check.fail(f"settings: {err}")
 
 
-def _check_tensors(check: _Check, tensors: dict, layers: list[dict], config: CacheConfig | None) -> None:
+def _check_tensors(check: Check, tensors: dict, layers: list[dict], config: CacheConfig | None) -> None:
     rope = {"rope.cos", "rope.sin"}
     expected = {"token_ids"} | (rope if rope & tensors.keys() else set())
     for i, fact in enumerate(layers):
@@ -268,7 +265,7 @@ def _check_tensors(check: _Check, tensors: dict, layers: list[dict], config: Cac
             check.shape(t, name, (cos.shape[0], length, cos.shape[2]))
 
 
-def _check_lexico_layer(check: _Check, i: int, parts: dict, config: CacheConfig, length: int) -> None:
+def _check_lexico_layer(check: Check, i: int, parts: dict, config: CacheConfig, length: int) -> None:
     key_buffer, value_buffer = parts["key_buffer"], parts["value_buffer"]
     check.tensor(key_buffer, f"layer{i}.key_buffer", _FLOATS, 4)
     b, h = key_buffer.shape[:2]
@@ -290,7 +287,7 @@ def _check_lexico_layer(check: _Check, i: int, parts: dict, config: CacheConfig,
         check.shape(buffer, f"layer{i}.{name}", (b, h, length - compressed, key_buffer.shape[3]))
 
 
-def _check_codes(check: _Check, name: str, idx, coef, config: CacheConfig, s: int, tokens: tuple) -> None:
+def _check_codes(check: Check, name: str, idx, coef, config: CacheConfig, s: int, tokens: tuple) -> None:
     """Fixed-length codes: (b, h, T, s) int16 indices and coefficients."""
     check.tensor(idx, f"{name}_idx", (torch.int16,), 4)
     check.tensor(coef, f"{name}_coef", (torch_dtype(config.coef_dtype),), 4)
@@ -302,7 +299,7 @@ def _check_codes(check: _Check, name: str, idx, coef, config: CacheConfig, s: in
     check.shape(coef, f"{name}_coef", (*tokens, s))
 
 
-def _check_runs(check: _Check, name: str, idx, coef, counts, config: CacheConfig, tokens: tuple) -> None:
+def _check_runs(check: Check, name: str, idx, coef, counts, config: CacheConfig, tokens: tuple) -> None:
     """Codes of varying length: (b, h, atoms) int16 indices and coefficients, (b, h, T) uint8 atom counts in
     [1, MAX_COUNT], the same number of atoms in every window (the layer's own, checked by check_fits)."""
     check.that(config.adaptive_codes, f"{name}_counts belongs to adaptive codes, the settings say fixed")
@@ -325,80 +322,9 @@ def _check_runs(check: _Check, name: str, idx, coef, counts, config: CacheConfig
     )
 
 
-def _check_dense_layer(check: _Check, i: int, keys: torch.Tensor, values: torch.Tensor, seen: int, length: int) -> None:
+def _check_dense_layer(check: Check, i: int, keys: torch.Tensor, values: torch.Tensor, seen: int, length: int) -> None:
     check.tensor(keys, f"layer{i}.keys", _FLOATS, 4)
     check.tensor(values, f"layer{i}.values", (keys.dtype,), 4)
     check.shape(values, f"layer{i}.values", keys.shape)
     check.that(seen == length, f"layers[{i}].seen is {seen} but token_ids holds {length} tokens")
     check.that(0 < keys.shape[2] <= length, f"layer{i}.keys holds {keys.shape[2]} tokens of {length}")
-
-
-# ----- fitting: the file agrees with the session that loads it --------------------------------------------------
-def check_fits(saved: SavedSession, session, cache) -> None:
-    """Refuse (LexicoError) ``saved`` unless it can fill ``cache``, a fresh cache of ``session`` (a ChatSession)."""
-    path, model_id = saved.path, session.loaded.model_id
-    if model_slug(saved.model_id) != model_slug(model_id):
-        raise LexicoError(f"{path} was saved with model {saved.model_id[:200]}, not {model_id}")
-    _check_same_settings(path, saved.settings, session_settings(session))
-    check, length = _Check(path), saved.length
-    layers = len(cache.layers)
-    check.that(len(saved.layers) == layers, f"it has {len(saved.layers)} layers, this model {layers}")
-    for i, (fact, layer) in enumerate(zip(saved.layers, cache.layers)):
-        if fact["kind"] != "empty":
-            _fit_layer(check, i, fact["kind"], layer, saved, session)
-    table = getattr(cache, "rope_table", None)
-    rope = table is not None and length > 0
-    check.that(("rope.cos" in saved.tensors) == rope, "the file and this cache disagree on pre-RoPE key coding")
-    if rope:
-        check.shape(saved.tensors["rope.cos"], "rope.cos", (1, length, session.loaded.dims.head_dim // 2))
-    vocab = session.loaded.model.get_input_embeddings().num_embeddings
-    highest = int(saved.tensors["token_ids"].max()) if length else 0
-    check.that(highest < vocab, f"token_ids hold {highest}, beyond the vocabulary of {vocab}")
-    limit = session.max_positions
-    check.that(length <= limit, f"it holds {length} tokens, the model's context is {limit}")
-
-
-def _fit_layer(check: _Check, i: int, kind: str, layer, saved: SavedSession, session) -> None:
-    """Layer ``i`` of the file (``kind`` "lexico" or "dense") against ``layer`` of the fresh cache."""
-    compressed = isinstance(layer, LexicoLayer)
-    wanted = "lexico" if compressed else "dense"
-    check.that(kind == wanted, f"layer {i} is {kind} in the file but {wanted} in this cache")
-    t = {name.split(".", 1)[1]: x for name, x in saved.tensors.items() if name.startswith(f"layer{i}.")}
-    dims, length = session.loaded.dims, saved.length
-    model_dtype = next(session.loaded.model.parameters()).dtype
-    if not compressed:
-        window = getattr(layer, "sliding_window", None)
-        held = length if window is None else min(length, window - 1)
-        check.shape(t["keys"], f"layer{i}.keys", (1, dims.num_kv_heads, held, dims.head_dim))
-        check.that(t["keys"].dtype == model_dtype, f"layer{i}.keys is {t['keys'].dtype}; the model is {model_dtype}")
-        return
-    atoms, done = session.dictionary.meta.atoms, compressed_tokens(t, "")
-    for name in ("key_idx", "value_idx"):
-        high = int(t[name].max()) if t[name].numel() else 0
-        check.that(high < atoms, f"layer{i}.{name} holds atom {high}; the dictionary has {atoms}")
-    for side, s in (("key", layer.key_sparsity), ("value", layer.value_sparsity)):
-        adaptive = layer.adapts(s)
-        check.that(
-            adaptive == (f"{side}_counts" in t), f"layer {i}: the file and this cache disagree on {side} code length"
-        )
-        shape = (done // layer.window * layer.window_atoms(s),) if adaptive else (done, s)
-        check.shape(t[f"{side}_idx"], f"layer{i}.{side}_idx", (1, dims.num_kv_heads, *shape))
-    check.shape(t["key_buffer"], f"layer{i}.key_buffer", (1, dims.num_kv_heads, length - done, dims.head_dim))
-    held = layer.buffer_dtype_for(model_dtype)
-    check.that(
-        t["key_buffer"].dtype == held, f"layer{i}.key_buffer is {t['key_buffer'].dtype}; this cache holds {held}"
-    )
-    expected = layer.compressed_limit(length - 1)
-    check.that(done == expected, f"layer {i} has {done} of {length} tokens compressed, not {expected}")
-
-
-def _check_same_settings(path: Path, saved: dict, mine: dict) -> None:
-    if saved["kind"] != mine["kind"]:
-        raise LexicoError(f"{path} holds a {saved['kind']} cache, this session uses a {mine['kind']} cache (--cache)")
-    # how later tokens are coded (the selection dtype) does not change what the file holds
-    diff = [
-        f"{k} {saved.get(k)} (this session: {mine[k]})" for k in mine if saved.get(k) != mine[k] and k != "select_dtype"
-    ]
-    if diff:
-        what = "a different dictionary" if saved["dictionary"] != mine["dictionary"] else "other cache settings"
-        raise LexicoError(f"{path} was saved with {what}: " + "; ".join(d[:80] for d in diff))
