@@ -31,12 +31,15 @@ FORMATS = [(16, torch.float32), (12, torch.float8_e4m3fn), (12, torch.float16), 
 
 
 def _stored(b, hkv, t, s, m, n, index_bits, coef_dtype, gen, spare=0):
-    """Random codes as a store holds them: views of the first t tokens of buffers of t + ``spare``."""
+    """Random codes as a store holds them: views of the first t tokens of buffers of t + ``spare``. About half the
+    codes end in zero coefficients, as adaptive codes padded to the longest do."""
     dk, dv = (torch.nn.functional.normalize(torch.randn(m, n, generator=gen), dim=0) for _ in range(2))
     fields = []
     for _ in range(2):
         idx = torch.rand(b, hkv, t + spare, n, generator=gen).argsort(-1)[..., :s].to(torch.int16)
-        coef = torch.randn(b, hkv, t + spare, s, generator=gen).to(coef_dtype)
+        coef = torch.randn(b, hkv, t + spare, s, generator=gen)
+        counts = torch.where(torch.rand(b, hkv, t + spare, 1, generator=gen) < 0.5, s, 1 + (s - 1) // 2)
+        coef = (coef * (torch.arange(s) < counts)).to(coef_dtype)
         if index_bits == 12:
             idx = pack_indices(idx)
         fields += [idx[:, :, :t], coef[:, :, :t]]
