@@ -352,9 +352,7 @@ def expand_codes(store) -> tuple[torch.Tensor, torch.Tensor]:
     t, longest = store.length, store.sparsity
     out_idx = torch.empty(b, h, t, longest, dtype=torch.int16)
     out_coef = torch.empty(b, h, t, longest, dtype=store.coefs.dtype)
-    rows = [x if x.stride(1) * h == x.stride(0) and x.stride(2) == 1 else x.contiguous()
-            for x in (store.indices, store.coefs, store.counts)]  # fmt: skip
-    indices, coefs, counts = rows
+    indices, coefs, counts = (x.contiguous() for x in (store.indices, store.coefs, store.counts))  # as allocated
     library().lexico_expand(
         indices.data_ptr(),
         indices.stride(1) * indices.element_size(),

@@ -72,33 +72,18 @@ def omp(
     indices : (B, s) int16, distinct atom indices per vector.
     coefs : (B, s) float32 least-squares coefficients on those atoms.
     """
-    m, n_atoms = dictionary.shape
-    if vectors.ndim != 2 or vectors.shape[1] != m:
-        raise ValueError(f"`vectors` must have shape (B, {m}) to match the dictionary, got {tuple(vectors.shape)}")
-    if not 1 <= sparsity <= min(m, n_atoms):
-        raise ValueError(
-            f"`sparsity` must be in [1, {min(m, n_atoms)}] for a ({m}, {n_atoms}) dictionary, got {sparsity}"
-        )
-    if n_atoms > MAX_ATOMS:
-        raise ValueError(f"dictionaries may have at most {MAX_ATOMS} atoms (int16 indices), got {n_atoms}")
+    _check(vectors, dictionary, sparsity)
     if triton_enabled(vectors) and vectors.shape[0]:  # one fused Triton launch (optional dependency)
         from lexico_chat.gpu import pursuit
 
         if select_dtype in pursuit.SELECT_DTYPES:
             return pursuit.omp(vectors, dictionary, sparsity, tol=tol, select_dtype=select_dtype)
     n = vectors.shape[0]
-    if chunk is None:
-        chunk = _cpu_chunk(n, n_atoms) if vectors.device.type == "cpu" else 16384
-    d = dictionary.to(torch.float32)
-    dt = d.t().contiguous()
-    d_sel = d.to(select_dtype)
     indices = torch.empty(n, sparsity, dtype=torch.int16, device=vectors.device)
     coefs = torch.empty(n, sparsity, dtype=torch.float32, device=vectors.device)
-    for start in range(0, n, chunk):
-        y = vectors[start : start + chunk].to(torch.float32)
-        idx, u, z = _omp_chunk(y, d_sel, dt, sparsity, tol)
-        indices[start : start + chunk] = idx.to(torch.int16)
-        coefs[start : start + chunk] = _solve(u, z)
+    for rows, idx, u, z in _chunks(vectors, dictionary, sparsity, tol, chunk, select_dtype):
+        indices[rows] = idx.to(torch.int16)
+        coefs[rows] = _solve(u, z)
     return indices, coefs
 
 
@@ -121,19 +106,39 @@ def omp_factors(
     u : (B, s, s) float32 upper-triangular factor of the chosen atoms' Gram (``UᵀU = D_Iᵀ D_I``).
     z : (B, s) float32 residual components along the orthonormalised atoms: ``U c = z`` gives the coefficients.
     """
+    _check(vectors, dictionary, sparsity)
+    n, device = vectors.shape[0], vectors.device
+    indices = torch.empty(n, sparsity, dtype=torch.int16, device=device)
+    u = torch.empty(n, sparsity, sparsity, dtype=torch.float32, device=device)
+    z = torch.empty(n, sparsity, dtype=torch.float32, device=device)
+    for rows, idx, uk, zk in _chunks(vectors, dictionary, sparsity, 0.0, None, select_dtype):
+        indices[rows], u[rows], z[rows] = idx.to(torch.int16), uk, zk
+    return indices, u, z
+
+
+def _check(vectors: torch.Tensor, dictionary: torch.Tensor, sparsity: int) -> None:
     m, n_atoms = dictionary.shape
-    if vectors.ndim != 2 or vectors.shape[1] != m or not 1 <= sparsity <= min(m, n_atoms):
-        raise ValueError(f"need (B, {m}) vectors and 1 <= sparsity <= {min(m, n_atoms)}, got {tuple(vectors.shape)}")
-    n = vectors.shape[0]
-    chunk = _cpu_chunk(n, n_atoms) if vectors.device.type == "cpu" else 16384
+    if vectors.ndim != 2 or vectors.shape[1] != m:
+        raise ValueError(f"`vectors` must have shape (B, {m}) to match the dictionary, got {tuple(vectors.shape)}")
+    if not 1 <= sparsity <= min(m, n_atoms):
+        raise ValueError(
+            f"`sparsity` must be in [1, {min(m, n_atoms)}] for a ({m}, {n_atoms}) dictionary, got {sparsity}"
+        )
+    if n_atoms > MAX_ATOMS:
+        raise ValueError(f"dictionaries may have at most {MAX_ATOMS} atoms (int16 indices), got {n_atoms}")
+
+
+def _chunks(vectors, dictionary, sparsity: int, tol: float, chunk: int | None, select_dtype: torch.dtype):
+    """(row slice, indices, U, z) of ``_omp_chunk`` over ``vectors`` in chunks (default: ``_cpu_chunk`` on CPU,
+    16384 elsewhere)."""
+    n, n_atoms = vectors.shape[0], dictionary.shape[1]
+    if chunk is None:
+        chunk = _cpu_chunk(n, n_atoms) if vectors.device.type == "cpu" else 16384
     d = dictionary.to(torch.float32)
     dt, d_sel = d.t().contiguous(), d.to(select_dtype)
-    parts = [_omp_chunk(vectors[i : i + chunk].to(torch.float32), d_sel, dt, sparsity, 0.0) for i in range(0, n, chunk)]
-    if not parts:
-        return (vectors.new_zeros(0, sparsity, dtype=torch.int16), vectors.new_zeros(0, sparsity, sparsity),
-                vectors.new_zeros(0, sparsity))  # fmt: skip
-    idx, u, z = (torch.cat(t) for t in zip(*parts))
-    return idx.to(torch.int16), u, z
+    for start in range(0, n, chunk):
+        rows = slice(start, start + chunk)
+        yield (rows, *_omp_chunk(vectors[rows].to(torch.float32), d_sel, dt, sparsity, tol))
 
 
 def _cpu_chunk(n: int, n_atoms: int) -> int:

@@ -107,22 +107,21 @@ class LexicoLayer(CompactLayer):
         bits = index_bits_for(self._source[0].shape[1])  # N <= 4096: 2.5 bytes per atom, not 3
         if not self.adapts(sparsity):
             return CodeStore(b, h, sparsity, self.coef_dtype, self.device, bits)
-        longest = longest_code(sparsity, *self._source[0].shape)
-        return AdaptiveCodeStore(
-            b, h, longest, self.window, self.window_atoms(sparsity), self.coef_dtype, self.device, bits
-        )
+        longest, atoms = self._longest(sparsity), self.window_atoms(sparsity)
+        return AdaptiveCodeStore(b, h, longest, self.window, atoms, self.coef_dtype, self.device, bits)
+
+    def _longest(self, sparsity: int) -> int:
+        return longest_code(sparsity, *self._source[0].shape)
 
     def window_atoms(self, sparsity: int) -> int:
         """Atoms of a window of adaptive codes spending the bytes of ``sparsity`` atoms per vector."""
-        m, atoms = self._source[0].shape
-        bits = index_bits_for(atoms)
-        return window_atoms(sparsity, self.window, longest_code(sparsity, m, atoms), bits, self.coef_dtype.itemsize)
+        bits = index_bits_for(self._source[0].shape[1])
+        return window_atoms(sparsity, self.window, self._longest(sparsity), bits, self.coef_dtype.itemsize)
 
     def adapts(self, sparsity: int) -> bool:
         """Whether codes of ``sparsity`` atoms vary in length per vector here: ``config.adaptive_codes``, the window
         even, and a vector may take more atoms (``adaptive.longest_code``)."""
-        m, atoms = self._source[0].shape
-        return self.config.adaptive_codes and self.window % 2 == 0 and longest_code(sparsity, m, atoms) > sparsity
+        return self.config.adaptive_codes and self.window % 2 == 0 and self._longest(sparsity) > sparsity
 
     def buffer_dtype_for(self, model_dtype: torch.dtype) -> torch.dtype:
         """Storage dtype of the full-precision buffer for a model computing in ``model_dtype``: "auto" keeps a
@@ -224,9 +223,10 @@ class LexicoLayer(CompactLayer):
     def compressed(self) -> CompressedKV:
         """The compressed tokens (views of the stores, no copy) with this layer's fp32 dictionaries."""
         bits = {self.key_codes.read_bits, self.value_codes.read_bits}
-        read = (lambda store: store.stored()) if len(bits) == 1 else (lambda store: store.view())  # one index format
-        key_idx, key_coef = read(self.key_codes)
-        value_idx, value_coef = read(self.value_codes)
+        if len(bits) == 1:
+            (key_idx, key_coef), (value_idx, value_coef) = self.key_codes.stored(), self.value_codes.stored()
+        else:  # one store packed, the other not: both as int16, the one index format CompressedKV carries
+            (key_idx, key_coef), (value_idx, value_coef) = self.key_codes.view(), self.value_codes.view()
         rope = None if self.rope_table is None else self.rope_table.view(0, self.compressed_length)
         return CompressedKV(
             key_idx, key_coef, value_idx, value_coef, self.key_dictionary, self.value_dictionary, key_rope=rope,
